@@ -1,0 +1,186 @@
+"""The composite: sample → train → evaluate → save, as two stages that talk through the run folder.
+
+`sample_run` writes system_prompt.txt, config.yaml, trajectories.jsonl and bake.json (status "sampled");
+`train_run` reads them back, trains the adapter and finishes bake.json with the metrics. `bake` runs both
+with one model load.
+"""
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__, runfolder
+from .config import BakeConfig, load_config, save_config
+from .data import read_trajectories, write_trajectories
+from .errors import UserError
+from .eval.kl import HeldoutKL, closure
+from .models import load_model
+from .prompts import describe_framing, student_prompt_ids, teacher_prompt_ids
+from .questions import load_questions, split_questions
+from .sampling import sample_trajectories
+from .train import add_lora, save_adapter, train_adapter
+
+
+@dataclass
+class BakeResult:
+    out: Path
+    metrics: dict
+    heldout_curve: list = field(default_factory=list)
+
+    @property
+    def closure(self) -> float:
+        return self.metrics["closure"]
+
+
+def _versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    return {"promptbake": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version()}
+
+
+def _check_prompt(system_prompt: str) -> str:
+    if not isinstance(system_prompt, str) or not system_prompt.strip():
+        raise UserError("the prompt is empty; pass --prompt TEXT or --prompt-file FILE with the text to bake")
+    return system_prompt
+
+
+def _jobs(tokenizer, system_prompt: str, questions: list[str], split: str, per_question: int) -> list[dict]:
+    jobs = []
+    for question in questions:
+        teacher = teacher_prompt_ids(tokenizer, question, system_prompt)
+        student = student_prompt_ids(tokenizer, question)
+        jobs += [{"question": question, "split": split, "sample_index": k, "teacher_prompt_ids": teacher,
+                  "student_prompt_ids": student} for k in range(per_question)]
+    return jobs
+
+
+def _check_context(model, jobs: list[dict], max_new_tokens: int, system_prompt_tokens: int) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        return
+    longest = max(len(j["teacher_prompt_ids"]) for j in jobs) + max_new_tokens
+    if longest > limit:
+        raise UserError(f"the prompt is too long: the system prompt is {system_prompt_tokens} tokens, and with a "
+                        f"question and max_new_tokens={max_new_tokens} a sequence needs {longest} tokens, more than "
+                        f"the model's context of {limit}; shorten the prompt or lower --max-new-tokens")
+
+
+def _update_status(run_dir: Path, **changes) -> dict:
+    record = runfolder.read_bake_json(run_dir)
+    record.update(changes)
+    runfolder.atomic_write_json(run_dir / runfolder.BAKE_JSON, record)
+    return record
+
+
+def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: bool = False, progress: bool = True,
+               loaded=None):
+    """Stage 1: split questions, sample teacher trajectories into `out`. Returns (model, tokenizer, source)."""
+    system_prompt = _check_prompt(system_prompt)
+    out = Path(out)
+    questions = load_questions(config.sample.questions)       # validate cheap inputs before touching `out`
+    train_q, heldout_q = split_questions(questions, config.sample.train_questions, config.sample.heldout_questions,
+                                         config.seed)
+    model, tokenizer, source = loaded or load_model(config.model.name, config.model.allow_download,
+                                                    config.model.trust_remote_code)
+    jobs = (_jobs(tokenizer, system_prompt, train_q, "train", config.sample.trajectories_per_question)
+            + _jobs(tokenizer, system_prompt, heldout_q, "heldout", config.sample.heldout_trajectories_per_question))
+    prompt_tokens = len(tokenizer(system_prompt, add_special_tokens=False)["input_ids"])
+    _check_context(model, jobs, config.sample.max_new_tokens, prompt_tokens)
+
+    runfolder.prepare_out_dir(out, overwrite)
+    runfolder.atomic_write_text(out / runfolder.SYSTEM_PROMPT, system_prompt)
+    save_config(config, out / runfolder.CONFIG_YAML)
+    runfolder.atomic_write_json(out / runfolder.BAKE_JSON, {
+        "status": "sampling",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": vars(source),
+        "system_prompt": system_prompt,
+        "system_prompt_tokens": prompt_tokens,
+        "framing": describe_framing(tokenizer, system_prompt),
+        "seed": config.seed,
+        "config": config.to_dict(),
+        "questions": {"source": config.sample.questions, "train": train_q, "heldout": heldout_q},
+        "versions": _versions(),
+    })
+    try:
+        start = time.perf_counter()
+        trajectories = sample_trajectories(model, tokenizer, jobs, config.sample, config.seed, progress)
+        seconds = time.perf_counter() - start
+        write_trajectories(out / runfolder.TRAJECTORIES, trajectories)
+    except BaseException as exc:
+        _update_status(out, status="failed", error=f"sampling: {exc!r}")
+        raise
+    new_tokens = sum(len(t.completion_ids) for t in trajectories)
+    _update_status(out, status="sampled", metrics={
+        "sampling_seconds": seconds, "sampled_tokens": new_tokens, "sampling_tokens_per_s": new_tokens / seconds,
+        "unfinished_trajectories": sum(not t.finished for t in trajectories)})
+    return model, tokenizer, source
+
+
+def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = False, progress: bool = True,
+              loaded=None) -> BakeResult:
+    """Stage 2: train on `out/trajectories.jsonl`, save the adapter, record the held-out KL closure."""
+    out = Path(out)
+    record = runfolder.read_bake_json(out)
+    if record.get("status") == "finished" and not overwrite:
+        raise UserError(f"{out} already holds a finished bake; pass --overwrite to train it again")
+    config = config or load_config(out / runfolder.CONFIG_YAML)
+    trajectories = read_trajectories(out / runfolder.TRAJECTORIES)
+    train = [t for t in trajectories if t.split == "train"]
+    heldout = [t for t in trajectories if t.split == "heldout"]
+    if not train or not heldout:
+        raise UserError(f"{out}/{runfolder.TRAJECTORIES} needs both train and held-out trajectories "
+                        f"(has {len(train)} train, {len(heldout)} held-out); sample again")
+    (out / runfolder.METRICS).unlink(missing_ok=True)
+    for stale in (out / runfolder.ADAPTER, out / runfolder.CHECKPOINTS):
+        shutil.rmtree(stale, ignore_errors=True)
+    save_config(config, out / runfolder.CONFIG_YAML)
+    _update_status(out, status="training", config=config.to_dict())
+    try:
+        model, tokenizer, _ = loaded or load_model(config.model.name, config.model.allow_download,
+                                                   config.model.trust_remote_code)
+        model = add_lora(model, config.train, config.seed)
+        pad_id = tokenizer.pad_token_id
+        start = time.perf_counter()
+        heldout_kl = HeldoutKL(model, heldout, pad_id, config.train.micro_batch_tokens)
+        kl_before = heldout_kl.measure(model, adapter=False)
+        summary = train_adapter(model, train, config.train, pad_id, config.seed, out, heldout_kl, progress)
+        save_adapter(model, out / runfolder.ADAPTER)
+        kl_after = heldout_kl.measure(model)
+        total = time.perf_counter() - start
+    except BaseException as exc:
+        _update_status(out, status="failed", error=f"training: {exc!r}")
+        raise
+    metrics = dict(record.get("metrics", {}))
+    metrics.update({
+        "heldout_kl_before": kl_before, "heldout_kl_after": kl_after, "closure": closure(kl_before, kl_after),
+        "training_seconds": summary["seconds"], "train_and_eval_seconds": total, "steps": summary["steps"],
+        "final_train_loss": summary["final_loss"], "train_trajectories": len(train),
+        "heldout_trajectories": len(heldout), "heldout_tokens": heldout_kl.tokens,
+    })
+    _update_status(out, status="finished", metrics=metrics,
+                   finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return BakeResult(out=out, metrics=metrics, heldout_curve=summary["heldout_curve"])
+
+
+def bake(system_prompt: str, out: str | Path = "runs/bake", config: BakeConfig | None = None,
+         overwrite: bool = False, progress: bool = True) -> BakeResult:
+    """Bake `system_prompt` into a LoRA adapter: sample from the prompted model, train the unprompted student.
+
+    Args:
+        system_prompt: the prompt u to bake.
+        out: run folder (DESIGN.md "The run folder"); refused if it holds a bake, unless `overwrite`.
+        config: BakeConfig; defaults bake into the embedded SmolLM2-135M-Instruct.
+    Returns:
+        BakeResult with the run folder and metrics (held-out KL before/after, closure, seconds).
+    """
+    config = config or BakeConfig()
+    loaded = sample_run(system_prompt, Path(out), config, overwrite, progress)
+    return train_run(Path(out), config, overwrite=True, progress=progress, loaded=loaded)

@@ -1,0 +1,87 @@
+"""Load a finished bake and use it: generate, chat, re-prompt, compare against the base model."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from . import runfolder
+from .config import SampleConfig, config_from_dict
+from .errors import UserError
+from .logits import adapter_disabled
+from .models import load_model
+from .prompts import prompt_ids, stop_token_ids
+from .sampling import generate_batch, generation_config
+
+
+class BakedModel:
+    """A base model with a baked adapter. `.model` is the PeftModel, `.tokenizer` its tokenizer.
+
+    `generate` / `chat` answer without the system prompt (the point of baking); `reprompt=True` adds it back
+    (baked + u), and `adapter=False` answers as the base model, so all four conditions are one call away.
+    """
+
+    def __init__(self, run_dir: str | Path, checkpoint: str | None = None):
+        from peft import PeftModel
+
+        self.run_dir = Path(run_dir)
+        self.record = runfolder.read_bake_json(self.run_dir)
+        adapter_dir = (self.run_dir / runfolder.CHECKPOINTS / checkpoint) if checkpoint else (
+            self.run_dir / runfolder.ADAPTER)
+        if not (adapter_dir / "adapter_model.safetensors").is_file():
+            what = f"checkpoint {checkpoint!r}" if checkpoint else "an adapter"
+            raise UserError(f"{self.run_dir} has no {what} ({adapter_dir} is missing); finish the bake or pick "
+                            f"one of: {', '.join(self.checkpoints()) or 'no checkpoints saved'}")
+        self.config = config_from_dict(self.record["config"], where=str(self.run_dir / runfolder.BAKE_JSON))
+        self.system_prompt = self.record["system_prompt"]
+        base, self.tokenizer, self.source = load_model(self.config.model.name, self.config.model.allow_download,
+                                                       self.config.model.trust_remote_code)
+        self.model = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True)
+        self.model.eval()
+        self.stop_ids = stop_token_ids(self.tokenizer, base.generation_config)
+
+    def checkpoints(self) -> list[str]:
+        folder = self.run_dir / runfolder.CHECKPOINTS
+        names = [p.name for p in folder.glob("step-*") if p.is_dir()] if folder.is_dir() else []
+        return sorted(names, key=lambda n: int(n.split("-")[1]))
+
+    def _sample_config(self, temperature: float | None, max_new_tokens: int | None) -> SampleConfig:
+        cfg = self.config.sample
+        return SampleConfig(sampling_temperature=cfg.sampling_temperature if temperature is None else temperature,
+                            top_p=cfg.top_p, max_new_tokens=max_new_tokens or cfg.max_new_tokens)
+
+    def respond(self, conversations: list[list[dict]], reprompt: bool = False, adapter: bool = True,
+                temperature: float | None = None, max_new_tokens: int | None = None, seed: int = 0) -> list[str]:
+        """One reply per conversation (lists of user/assistant messages), generated in one batch."""
+        system_prompt = self.system_prompt if reprompt else None
+        prompts = [prompt_ids(self.tokenizer, messages, system_prompt) for messages in conversations]
+        gen = generation_config(self._sample_config(temperature, max_new_tokens), self.stop_ids,
+                                self.tokenizer.pad_token_id)
+        torch.manual_seed(seed)
+        with adapter_disabled(self.model) if not adapter else contextlib.nullcontext():
+            outputs = generate_batch(self.model, prompts, gen, self.tokenizer.pad_token_id, self.stop_ids)
+        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids, _ in outputs]
+
+    def generate(self, question: str | list[str], reprompt: bool = False, adapter: bool = True, **kwargs):
+        """Answer one question (→ str) or several (→ list[str]) with no system prompt unless `reprompt`."""
+        questions = [question] if isinstance(question, str) else list(question)
+        replies = self.respond([[{"role": "user", "content": q}] for q in questions], reprompt, adapter, **kwargs)
+        return replies[0] if isinstance(question, str) else replies
+
+    def chat(self, messages: list[dict], reprompt: bool = False, **kwargs) -> str:
+        """Next assistant reply to a multi-turn conversation ([{role, content}, ...], no system message)."""
+        return self.respond([messages], reprompt, **kwargs)[0]
+
+    def side_by_side(self, questions: list[str], seed: int = 0, **kwargs) -> list[dict]:
+        """For each question: the base model without / with the prompt, and the baked model without it."""
+        base = self.generate(questions, adapter=False, seed=seed, **kwargs)
+        prompted = self.generate(questions, adapter=False, reprompt=True, seed=seed, **kwargs)
+        baked = self.generate(questions, seed=seed, **kwargs)
+        return [{"question": q, "base": a, "base_with_prompt": b, "baked": c}
+                for q, a, b, c in zip(questions, base, prompted, baked)]
+
+
+def load_baked(run_dir: str | Path, checkpoint: str | None = None) -> BakedModel:
+    """Load the baked model of a run folder (its final adapter, or `checkpoint` like 'step-8')."""
+    return BakedModel(run_dir, checkpoint)

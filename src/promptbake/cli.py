@@ -1,0 +1,217 @@
+"""`promptbake <verb>`: thin wrappers over the library. Every user error is one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+from .config import BakeConfig, SampleConfig, TrainConfig, load_config, override
+from .errors import UserError
+
+DEFAULT_OUT = "runs/bake"
+
+
+def _add_section_flags(parser: argparse.ArgumentParser, section: str, cls) -> None:
+    """One --flag per config field (dest 'section.field'), typed from its default, help from its metadata."""
+    group = parser.add_argument_group(f"{section} settings (override --config)")
+    for f in dataclasses.fields(cls):
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"{section}.{f.name}", type=type(f.default),
+                           default=None, metavar=type(f.default).__name__.upper(), help=f.metadata["help"])
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", dest="model.name", default=None,
+                        help="Hugging Face id, local folder, .gguf file, or smollm2-135m (default)")
+    parser.add_argument("--allow-download", dest="model.allow_download", action="store_const", const=True,
+                        default=None, help="allow downloading a Hugging Face model (off: offline)")
+    parser.add_argument("--trust-remote-code", dest="model.trust_remote_code", action="store_const", const=True,
+                        default=None, help="run model code shipped with the checkpoint")
+    parser.add_argument("--seed", dest="seed", type=int, default=None, help="seed for split, sampling, training")
+    parser.add_argument("--config", type=Path, default=None, help="YAML config; flags override it")
+
+
+def _resolve_config(args: argparse.Namespace, base: BakeConfig | None = None) -> BakeConfig:
+    config = load_config(args.config) if getattr(args, "config", None) else (base or BakeConfig())
+    given = {k: v for k, v in vars(args).items() if ("." in k or k == "seed") and v is not None}
+    return override(config, given) if given else config
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None and args.prompt_file is not None:
+        raise UserError("give either --prompt or --prompt-file, not both")
+    if args.prompt_file is not None:
+        try:
+            return Path(args.prompt_file).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise UserError(f"prompt file {args.prompt_file} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read prompt file {args.prompt_file}: {exc}") from None
+    if args.prompt is None:
+        raise UserError("no prompt given; pass --prompt TEXT or --prompt-file FILE")
+    return args.prompt.strip()
+
+
+def _print_side_by_side(rows: list[dict]) -> None:
+    labels = (("base, no prompt", "base"), ("base + prompt", "base_with_prompt"), ("baked, no prompt", "baked"))
+    for row in rows:
+        print(f"\nQ: {row['question']}")
+        for label, key in labels:
+            text = " ".join(row[key].split()) or "(empty)"
+            print(textwrap.fill(text, width=110, initial_indent=f"  {label:>17}: ", subsequent_indent=" " * 21))
+
+
+def _print_metrics(metrics: dict, out: Path) -> None:
+    print(f"\nheld-out KL(teacher ‖ model) per token: base {metrics['heldout_kl_before']:.4f} → "
+          f"baked {metrics['heldout_kl_after']:.4f};  closure {metrics['closure']:.3f}")
+    print(f"sampling {metrics['sampling_seconds']:.0f} s, training+eval {metrics['train_and_eval_seconds']:.0f} s; "
+          f"adapter in {out / 'adapter'}")
+
+
+def cmd_bake(args: argparse.Namespace) -> int:
+    from .bake import bake
+
+    prompt = _read_prompt(args)
+    result = bake(prompt, args.out, _resolve_config(args), overwrite=args.overwrite, progress=not args.quiet)
+    _print_metrics(result.metrics, result.out)
+    if args.compare:
+        _compare(result.out, args.compare)
+    return 0
+
+
+def _compare(out: Path, count: int) -> None:
+    from .baked import load_baked
+
+    baked = load_baked(out)
+    questions = baked.record["questions"]["heldout"][:count]
+    print(f"\nHeld-out questions (never trained on), sampled at temperature "
+          f"{baked.config.sample.sampling_temperature}:")
+    _print_side_by_side(baked.side_by_side(questions, seed=baked.config.seed))
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .bake import sample_run
+
+    sample_run(_read_prompt(args), Path(args.out), _resolve_config(args), args.overwrite, progress=not args.quiet)
+    print(f"trajectories written to {Path(args.out) / 'trajectories.jsonl'}; train with `promptbake train {args.out}`")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import runfolder
+    from .bake import train_run
+
+    runfolder.read_bake_json(args.dir)  # a clear error when DIR is not a run folder
+    base = load_config(Path(args.dir) / runfolder.CONFIG_YAML)
+    result = train_run(Path(args.dir), _resolve_config(args, base), args.overwrite, progress=not args.quiet)
+    _print_metrics(result.metrics, result.out)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .baked import load_baked
+
+    baked = load_baked(args.dir, args.checkpoint)
+    replies = baked.generate([args.question] * args.samples, reprompt=args.reprompt, adapter=not args.base,
+                             temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    if args.json:
+        print(json.dumps({"question": args.question, "replies": replies}, ensure_ascii=False))
+    else:
+        for reply in replies:
+            print(reply if args.samples == 1 else f"- {reply}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .baked import load_baked
+
+    baked = load_baked(args.dir, args.checkpoint)
+    print("promptbake chat: type a message; /reset starts over, /quit (or Ctrl-D) leaves.", flush=True)
+    messages: list[dict] = []
+    turn = 0
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print()
+            return 0
+        if line.strip() in ("/quit", "/exit"):
+            return 0
+        if line.strip() == "/reset":
+            messages = []
+            continue
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        reply = baked.chat(messages, reprompt=args.reprompt, temperature=args.temperature,
+                           max_new_tokens=args.max_new_tokens, seed=args.seed + turn)
+        turn += 1
+        messages.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptbake", description="Bake prompts into LoRA weights.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    def prompt_verb(name: str, help_text: str, with_train: bool) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--prompt", default=None, help="the system prompt to bake")
+        sub.add_argument("--prompt-file", default=None, help="read the system prompt from a UTF-8 file")
+        sub.add_argument("--out", default=DEFAULT_OUT, help=f"run folder (default {DEFAULT_OUT})")
+        sub.add_argument("--overwrite", action="store_true", help="replace a previous bake in --out")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+        _add_model_flags(sub)
+        _add_section_flags(sub, "sample", SampleConfig)
+        if with_train:
+            _add_section_flags(sub, "train", TrainConfig)
+        return sub
+
+    bake_p = prompt_verb("bake", "sample from the prompted model, train the adapter, save the run folder", True)
+    bake_p.add_argument("--compare", type=int, default=3, metavar="N",
+                        help="print base / prompted / baked answers for N held-out questions (0: skip)")
+    bake_p.set_defaults(func=cmd_bake)
+    prompt_verb("sample", "only sample teacher trajectories into the run folder", False).set_defaults(func=cmd_sample)
+
+    train_p = verbs.add_parser("train", help="train an adapter from a run folder's trajectories.jsonl")
+    train_p.add_argument("dir", help="run folder written by `promptbake sample`")
+    train_p.add_argument("--overwrite", action="store_true", help="retrain a folder that holds a finished bake")
+    train_p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_model_flags(train_p)
+    _add_section_flags(train_p, "train", TrainConfig)
+    train_p.set_defaults(func=cmd_train)
+
+    for name, help_text, func in (("generate", "answer a question with a baked model", cmd_generate),
+                                  ("chat", "talk to a baked model, multi-turn", cmd_chat)):
+        sub = verbs.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("dir", help="run folder of a finished bake")
+        if name == "generate":
+            sub.add_argument("--question", required=True, help="the user message")
+            sub.add_argument("--samples", type=int, default=1, help="how many answers to sample")
+            sub.add_argument("--base", action="store_true", help="answer with the base model (adapter off)")
+            sub.add_argument("--json", action="store_true", help="print JSON")
+        sub.add_argument("--reprompt", action="store_true", help="add the baked system prompt back (baked + u)")
+        sub.add_argument("--checkpoint", default=None, help="use checkpoints/step-N instead of the final adapter")
+        sub.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: bake's)")
+        sub.add_argument("--max-new-tokens", type=int, default=None, help="reply length limit (default: bake's)")
+        sub.add_argument("--seed", type=int, default=0, help="sampling seed")
+        sub.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"promptbake: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("promptbake: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

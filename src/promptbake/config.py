@@ -1,0 +1,197 @@
+"""Typed configuration: one dataclass per stage, a help line per field, validation that names the fix.
+
+A bake's resolved config is saved as YAML in the run folder and can be loaded back with `load_config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+def _help(text: str, default: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _help("Hugging Face id, local folder, .gguf file, or 'smollm2-135m' (embedded default)", "smollm2-135m")
+    allow_download: bool = _help("let a Hugging Face id be downloaded (off: offline, local cache only)", False)
+    trust_remote_code: bool = _help("run model code shipped with the checkpoint (only for models you trust)", False)
+
+    def problems(self) -> list[str]:
+        return [] if self.name.strip() else ["model.name is empty: give a model id, folder, .gguf file or smollm2-135m"]
+
+
+@dataclass
+class SampleConfig:
+    questions: str = _help("question source: 'builtin', a .txt file (one per line) or .jsonl with a 'question' field", "builtin")
+    train_questions: int = _help("questions used for training (drawn with the seed)", 64)
+    heldout_questions: int = _help("questions held out for the closure metric, never trained on", 16)
+    trajectories_per_question: int = _help("teacher samples per training question", 2)
+    heldout_trajectories_per_question: int = _help("teacher samples per held-out question", 2)
+    sampling_temperature: float = _help("teacher sampling temperature (0 = greedy)", 1.0)
+    top_p: float = _help("nucleus sampling threshold (1.0 = full distribution)", 1.0)
+    max_new_tokens: int = _help("longest trajectory, in tokens (end-of-turn token included)", 48)
+    sample_batch_size: int = _help("sequences generated together", 64)
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("train_questions", "heldout_questions", "trajectories_per_question",
+                     "heldout_trajectories_per_question", "max_new_tokens", "sample_batch_size"):
+            if getattr(self, name) < 1:
+                out.append(f"sample.{name} must be >= 1 (got {getattr(self, name)})")
+        if self.sampling_temperature < 0:
+            out.append(f"sample.sampling_temperature must be >= 0 (got {self.sampling_temperature})")
+        if not 0 < self.top_p <= 1:
+            out.append(f"sample.top_p must be in (0, 1] (got {self.top_p})")
+        return out
+
+
+@dataclass
+class TrainConfig:
+    lora_r: int = _help("LoRA rank", 8)
+    lora_alpha: float = _help("LoRA alpha (scale = alpha / r)", 16.0)
+    lora_dropout: float = _help("LoRA dropout", 0.0)
+    target_modules: str = _help("modules that get LoRA: 'all-linear' (decoder blocks) or comma-separated names", "all-linear")
+    learning_rate: float = _help("AdamW learning rate (constant after warm-up)", 1e-3)
+    warmup_steps: int = _help("linear warm-up steps", 4)
+    weight_decay: float = _help("AdamW weight decay", 0.0)
+    epochs: int = _help("passes over the training trajectories", 2)
+    batch_size: int = _help("trajectories per optimizer step", 16)
+    micro_batch_tokens: int = _help("padded tokens per forward pass (gradient accumulation splits a step)", 3072)
+    max_grad_norm: float = _help("gradient clipping norm (0 = off)", 1.0)
+    kl_direction: str = _help("'forward' KL(teacher||student), 'reverse' KL(student||teacher), or 'jsd'", "forward")
+    checkpoint_every: int = _help("save checkpoints/step-N and evaluate held-out KL every N steps (0 = off)", 4)
+
+    def problems(self) -> list[str]:
+        out = []
+        for name in ("lora_r", "epochs", "batch_size", "micro_batch_tokens"):
+            if getattr(self, name) < 1:
+                out.append(f"train.{name} must be >= 1 (got {getattr(self, name)})")
+        for name in ("warmup_steps", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                out.append(f"train.{name} must be >= 0 (got {getattr(self, name)})")
+        if self.learning_rate <= 0:
+            out.append(f"train.learning_rate must be > 0 (got {self.learning_rate})")
+        if not 0 <= self.lora_dropout < 1:
+            out.append(f"train.lora_dropout must be in [0, 1) (got {self.lora_dropout})")
+        if self.kl_direction not in ("forward", "reverse", "jsd"):
+            out.append(f"train.kl_direction must be forward, reverse or jsd (got {self.kl_direction!r})")
+        return out
+
+
+@dataclass
+class BakeConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = _help("seed for the question split, sampling, data order and LoRA init", 0)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        problems = self.model.problems() + self.sample.problems() + self.train.problems()
+        if problems:
+            raise UserError("invalid config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": ModelConfig, "sample": SampleConfig, "train": TrainConfig}
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(valid)})"
+
+
+def _coerce(where: str, value: Any, default: Any) -> Any:
+    """Check a YAML/CLI value against the type of the field's default."""
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise UserError(f"{where} must be a {kind.__name__} (got {value!r})")
+
+
+def config_from_dict(data: dict, where: str = "config") -> BakeConfig:
+    """Build a BakeConfig from nested dicts ({model: {...}, sample: {...}, train: {...}, seed: N})."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping with sections {', '.join(SECTIONS)} (got {type(data).__name__})")
+    top_valid = list(SECTIONS) + ["seed"]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in top_valid:
+            raise UserError(f"{where}: unknown key {key!r}{_suggest(str(key), top_valid)}")
+        if key == "seed":
+            kwargs["seed"] = _coerce(f"{where}: seed", value, 0)
+            continue
+        cls = SECTIONS[key]
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: section {key!r} must be a mapping (got {value!r})")
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        section = {}
+        for sub, subvalue in value.items():
+            if sub not in defaults:
+                raise UserError(f"{where}: unknown key {key}.{sub}{_suggest(str(sub), list(defaults))}")
+            section[sub] = _coerce(f"{where}: {key}.{sub}", subvalue, defaults[sub])
+        kwargs[key] = cls(**section)
+    return BakeConfig(**kwargs)
+
+
+def load_config(path: str | Path) -> BakeConfig:
+    """Read a YAML config file; every problem becomes one UserError line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    return config_from_dict(data or {}, where=str(path))
+
+
+def override(config: BakeConfig, dotted: dict[str, Any]) -> BakeConfig:
+    """Return a copy of `config` with 'section.field' values replaced (CLI flags win over the file)."""
+    data = config.to_dict()
+    for key, value in dotted.items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            data[section][name] = value
+        else:
+            data[key] = value
+    return config_from_dict(data, where="command line")
+
+
+def save_config(config: BakeConfig, path: Path) -> None:
+    from .runfolder import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,112 @@
+"""Trajectory records, their JSONL file, and collation into aligned teacher / student batches.
+
+Alignment (the scheme TRL's SDFT code uses): prompts are left-padded to a common length P and the same
+completion ids are appended, right-padded to C. The input stops one token short of the end, so the last C logits
+are exactly the positions that predict completion tokens 0..C-1: every completion token, the first included,
+is supervised once, and teacher and student select identical targets whatever their prompt lengths.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .runfolder import atomic_write_text
+
+
+@dataclass
+class Trajectory:
+    question: str
+    split: str                      # "train" or "heldout"
+    sample_index: int               # which of the question's samples this is
+    teacher_prompt_ids: list[int]   # chat template with the system prompt, generation prompt included
+    student_prompt_ids: list[int]   # the same conversation without the system prompt
+    completion_ids: list[int]       # sampled answer; ends with the end-of-turn token when `finished`
+    text: str                       # decoded completion (special tokens removed), for people
+    finished: bool                  # False when max_new_tokens cut the answer off
+
+
+def write_trajectories(path: Path, trajectories: list[Trajectory]) -> None:
+    atomic_write_text(path, "".join(json.dumps(asdict(t), ensure_ascii=False) + "\n" for t in trajectories))
+
+
+def read_trajectories(path: Path) -> list[Trajectory]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; run `promptbake sample` first")
+    names = {f.name for f in fields(Trajectory)}
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if set(record) != names:
+                raise ValueError(f"fields {sorted(record)} are not {sorted(names)}")
+            out.append(Trajectory(**record))
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"{path}:{number} is not a trajectory record ({exc})") from None
+    if not out:
+        raise UserError(f"{path} holds no trajectories")
+    return out
+
+
+def _left_pad_rows(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
+    """[pad.. prompt][completion ..pad] rows of length P + C - 1, with mask and position ids."""
+    width_p = max(len(p) for p in prompts)
+    width_c = max(len(c) for c in completions)
+    ids, mask = [], []
+    for prompt, completion in zip(prompts, completions):
+        left = width_p - len(prompt)
+        right = width_c - len(completion)
+        row = [pad_id] * left + prompt + completion + [pad_id] * right
+        keep = [0] * left + [1] * (len(prompt) + len(completion)) + [0] * right
+        ids.append(row[:-1])   # the last token predicts nothing
+        mask.append(keep[:-1])
+    ids_t = torch.tensor(ids, dtype=torch.long)
+    mask_t = torch.tensor(mask, dtype=torch.long)
+    # Positions count real tokens only, so a left-padded row sees the positions of its unpadded self.
+    positions = (mask_t.cumsum(-1) - 1).clamp(min=0)
+    return ids_t, mask_t, positions
+
+
+def collate(trajectories: list[Trajectory], pad_id: int) -> dict[str, torch.Tensor]:
+    """Aligned batch: teacher_* / student_* inputs [B, L], completion_ids and completion_mask [B, C]."""
+    completions = [t.completion_ids for t in trajectories]
+    width_c = max(len(c) for c in completions)
+    batch = {}
+    for side in ("teacher", "student"):
+        prompts = [getattr(t, f"{side}_prompt_ids") for t in trajectories]
+        ids, mask, positions = _left_pad_rows(prompts, completions, pad_id)
+        batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"], batch[f"{side}_position_ids"] = ids, mask, positions
+    batch["completion_ids"] = torch.tensor([c + [pad_id] * (width_c - len(c)) for c in completions])
+    batch["completion_mask"] = torch.tensor([[1] * len(c) + [0] * (width_c - len(c)) for c in completions])
+    return batch
+
+
+def padded_tokens(trajectories: list[Trajectory]) -> int:
+    """Size of the larger (teacher or student) padded batch these trajectories collate into."""
+    width_c = max(len(t.completion_ids) for t in trajectories)
+    width_p = max(max(len(t.teacher_prompt_ids), len(t.student_prompt_ids)) for t in trajectories)
+    return len(trajectories) * (width_p + width_c)
+
+
+def micro_batches(trajectories: list[Trajectory], token_budget: int) -> list[list[Trajectory]]:
+    """Split into groups whose padded size stays within `token_budget` (a lone long sequence gets its own group).
+
+    Sorting by length first keeps padding small; order inside a step does not change its summed gradient.
+    """
+    ordered = sorted(trajectories, key=lambda t: (len(t.teacher_prompt_ids) + len(t.completion_ids)))
+    groups: list[list[Trajectory]] = []
+    current: list[Trajectory] = []
+    for trajectory in ordered:
+        if current and padded_tokens(current + [trajectory]) > token_budget:
+            groups.append(current)
+            current = []
+        current.append(trajectory)
+    if current:
+        groups.append(current)
+    return groups

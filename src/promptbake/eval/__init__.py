@@ -1,0 +1,1 @@
+"""Evaluation of a bake: held-out KL (kl.py); judges, knowledge, drift and benchmarks come later."""

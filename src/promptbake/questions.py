@@ -1,0 +1,74 @@
+"""Question pools: the built-in set shipped with the package, or a user's .txt / .jsonl file, and the seeded split."""
+from __future__ import annotations
+
+import json
+import random
+from importlib import resources
+from pathlib import Path
+
+from .errors import UserError
+
+BUILTIN = "builtin"
+
+
+def builtin_questions() -> list[str]:
+    text = resources.files("promptbake").joinpath("data/questions.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _read_jsonl(path: Path, text: str) -> list[str]:
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise UserError(f"{path}:{number} is not valid JSON; each line must be an object with a 'question'") from None
+        question = record.get("question") if isinstance(record, dict) else None
+        if not isinstance(question, str) or not question.strip():
+            raise UserError(f"{path}:{number} has no non-empty string field 'question'")
+        out.append(question.strip())
+    return out
+
+
+def load_questions(source: str) -> list[str]:
+    """Questions from 'builtin', a .txt file (one per line) or a .jsonl file ({"question": ...} per line).
+
+    Duplicates are dropped (first occurrence kept) so a repeated line cannot land on both sides of the split.
+    """
+    if source == BUILTIN:
+        questions = builtin_questions()
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise UserError(f"question file {path} does not exist; give a .txt (one per line) or .jsonl file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"question file {path} is not UTF-8 text; save it as UTF-8") from None
+        except OSError as exc:
+            raise UserError(f"cannot read question file {path}: {exc.strerror}") from None
+        if path.suffix == ".jsonl":
+            questions = _read_jsonl(path, text)
+        elif path.suffix == ".txt":
+            questions = [line.strip() for line in text.splitlines() if line.strip()]
+        else:
+            raise UserError(f"question file {path} must end in .txt (one per line) or .jsonl (a 'question' field)")
+        if not questions:
+            raise UserError(f"question file {path} holds no questions")
+    return list(dict.fromkeys(questions))
+
+
+def split_questions(questions: list[str], n_train: int, n_heldout: int, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded disjoint train / held-out draw. Held-out questions are never trained on."""
+    need = n_train + n_heldout
+    if len(questions) < need:
+        raise UserError(f"{len(questions)} distinct questions, but the split needs {need} "
+                        f"({n_train} train + {n_heldout} held-out); add questions or lower "
+                        f"--train-questions / --heldout-questions")
+    order = list(range(len(questions)))
+    random.Random(seed).shuffle(order)
+    train = [questions[i] for i in order[:n_train]]
+    heldout = [questions[i] for i in order[n_train:need]]
+    return train, heldout

@@ -1,0 +1,98 @@
+"""The run folder contract (DESIGN.md "The run folder"): paths, atomic writes, and the no-silent-overwrite rule."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+BAKE_JSON = "bake.json"
+SYSTEM_PROMPT = "system_prompt.txt"
+CONFIG_YAML = "config.yaml"
+TRAJECTORIES = "trajectories.jsonl"
+METRICS = "metrics.jsonl"
+ADAPTER = "adapter"
+CHECKPOINTS = "checkpoints"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line and flush it to disk (a crash loses at most the line being written)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def atomic_save_dir(final: Path, write) -> None:
+    """Call `write(tmp_dir)` to fill a fresh folder, then move it into place as `final`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_bake_json(run_dir: Path) -> dict:
+    path = Path(run_dir) / BAKE_JSON
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a promptbake run folder (no {BAKE_JSON}); bake one with `promptbake bake`")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from None
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to clobber a previous run unless asked; with overwrite, clear only promptbake's own files."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose another --out")
+    if not out.exists() or not any(out.iterdir()):
+        out.mkdir(parents=True, exist_ok=True)
+        return
+    bake_json = out / BAKE_JSON
+    if not bake_json.exists():
+        raise UserError(f"--out {out} is a non-empty folder that is not a promptbake run; choose a new or empty folder")
+    if not overwrite:
+        status = read_bake_json(out).get("status", "unknown")
+        kind = "a finished bake" if status == "finished" else f"an unfinished bake (status: {status})"
+        raise UserError(f"--out {out} already holds {kind}; choose another --out or pass --overwrite to replace it")
+    for name in (BAKE_JSON, SYSTEM_PROMPT, CONFIG_YAML, TRAJECTORIES, METRICS, "report.html"):
+        (out / name).unlink(missing_ok=True)
+    for name in (ADAPTER, CHECKPOINTS):
+        shutil.rmtree(out / name, ignore_errors=True)

@@ -1,0 +1,74 @@
+"""Batched trajectory sampling from the teacher (the base model prompted with the system prompt).
+
+Prompts of similar length are batched together (left padding, KV cache via `generate`). Sampling settings are
+passed explicitly in a fresh GenerationConfig so nothing is inherited from the checkpoint's generation_config
+(which may, for example, carry top_k=50).
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from .config import SampleConfig
+from .data import Trajectory
+from .prompts import stop_token_ids
+
+
+def generation_config(cfg: SampleConfig, stop_ids: list[int], pad_id: int, max_new_tokens: int | None = None):
+    greedy = cfg.sampling_temperature == 0
+    return GenerationConfig(
+        do_sample=not greedy,
+        temperature=None if greedy else cfg.sampling_temperature,
+        top_p=None if greedy else cfg.top_p,
+        top_k=None,  # the full vocabulary; top_p alone truncates
+        max_new_tokens=max_new_tokens or cfg.max_new_tokens,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+    )
+
+
+def cut_at_stop(ids: list[int], stop_ids: list[int]) -> tuple[list[int], bool]:
+    """Keep tokens up to and including the first stop token; (ids, finished)."""
+    for i, token in enumerate(ids):
+        if token in stop_ids:
+            return ids[: i + 1], True
+    return ids, False
+
+
+@torch.no_grad()
+def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig, pad_id: int,
+                   stop_ids: list[int]) -> list[tuple[list[int], bool]]:
+    """Generate one continuation per prompt (token-id lists) with left padding; return (ids, finished)."""
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config)
+    return [cut_at_stop(row[width:].tolist(), stop_ids) for row in out]
+
+
+def sample_trajectories(model, tokenizer, jobs: list[dict], cfg: SampleConfig, seed: int,
+                        progress: bool = True) -> list[Trajectory]:
+    """Sample one trajectory per job.
+
+    Args:
+        jobs: dicts with question, split, sample_index, teacher_prompt_ids, student_prompt_ids.
+    Returns:
+        Trajectories in the order of `jobs`; each batch is seeded from (seed, batch index) so a run repeats.
+    """
+    stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    pad_id = tokenizer.pad_token_id
+    gen_config = generation_config(cfg, stop_ids, pad_id)
+    order = sorted(range(len(jobs)), key=lambda i: len(jobs[i]["teacher_prompt_ids"]))
+    batches = [order[i:i + cfg.sample_batch_size] for i in range(0, len(order), cfg.sample_batch_size)]
+    results: dict[int, Trajectory] = {}
+    bar = tqdm(total=len(jobs), desc="sampling", unit="traj", disable=not progress)
+    for number, batch in enumerate(batches):
+        torch.manual_seed(seed * 100_003 + number)
+        prompts = [jobs[i]["teacher_prompt_ids"] for i in batch]
+        for i, (ids, finished) in zip(batch, generate_batch(model, prompts, gen_config, pad_id, stop_ids)):
+            results[i] = Trajectory(**jobs[i], completion_ids=ids, finished=finished,
+                                    text=tokenizer.decode(ids, skip_special_tokens=True))
+        bar.update(len(batch))
+    bar.close()
+    return [results[i] for i in range(len(jobs))]

@@ -1,0 +1,110 @@
+"""The training loop: LoRA student vs. the same model with the adapter disabled as teacher, per-token KL."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from tqdm.auto import tqdm
+
+from . import runfolder
+from .config import TrainConfig
+from .data import Trajectory, collate, micro_batches
+from .errors import UserError
+from .eval.kl import HeldoutKL
+from .logits import completion_logits, teacher_logits
+from .losses import masked_sum, per_token_kl
+
+
+def add_lora(model, cfg: TrainConfig, seed: int):
+    """Wrap `model` in a fresh LoRA adapter (B = 0, so it starts as the base model); seeded A init."""
+    targets = cfg.target_modules if cfg.target_modules == "all-linear" else [
+        name.strip() for name in cfg.target_modules.split(",") if name.strip()]
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    torch.manual_seed(seed)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise UserError(f"cannot add LoRA with target_modules={cfg.target_modules!r}: {exc}") from None
+
+
+def save_adapter(model, folder: Path) -> None:
+    """Write the adapter in PEFT format (adapter_config.json + adapter_model.safetensors), atomically."""
+    runfolder.atomic_save_dir(folder, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
+
+
+def _lr_lambda(warmup_steps: int):
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+def _step_loss(model, group: list[Trajectory], pad_id: int, direction: str, step_tokens: int) -> tuple[float, int]:
+    """Forward + backward of one micro-batch; the loss is scaled so a step's gradients sum to a per-token mean."""
+    batch = collate(group, pad_id)
+    teacher = teacher_logits(model, batch)                      # [B, C, V], no graph
+    student = completion_logits(model, batch, "student")        # [B, C, V]
+    kl_sum = masked_sum(per_token_kl(teacher, student, direction), batch["completion_mask"])
+    (kl_sum / step_tokens).backward()
+    return float(kl_sum.detach()), int(batch["student_attention_mask"].sum())
+
+
+def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int, seed: int, run_dir: Path,
+                  heldout: HeldoutKL | None = None, progress: bool = True) -> dict:
+    """Train the LoRA adapter of `model` (a PeftModel) in place; write metrics.jsonl and checkpoints/step-N.
+
+    Returns a summary: steps, final training loss, held-out KL curve, seconds.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = run_dir / runfolder.METRICS
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps))
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    order_rng = torch.Generator().manual_seed(seed)
+    curve = []
+    if heldout is not None:
+        curve.append({"step": 0, "heldout_kl": heldout.measure(model)})
+        runfolder.append_jsonl(metrics_path, curve[-1])
+
+    model.train()
+    bar = tqdm(total=total_steps, desc="training", unit="step", disable=not progress)
+    start, step, loss = time.perf_counter(), 0, float("nan")
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(train), generator=order_rng).tolist()
+        for first in range(0, len(order), cfg.batch_size):
+            step_start = time.perf_counter()
+            chosen = [train[i] for i in order[first:first + cfg.batch_size]]
+            step_tokens = sum(len(t.completion_ids) for t in chosen)
+            kl_total, seen = 0.0, 0
+            for group in micro_batches(chosen, cfg.micro_batch_tokens):
+                kl_sum, tokens = _step_loss(model, group, pad_id, cfg.kl_direction, step_tokens)
+                kl_total += kl_sum
+                seen += tokens
+            loss = kl_total / step_tokens
+            if not math.isfinite(loss):
+                raise UserError(f"training loss became {loss} at step {step + 1}; lower --learning-rate "
+                                f"(now {cfg.learning_rate}) and bake again")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seconds = time.perf_counter() - step_start
+            record = {"step": step, "epoch": epoch + 1, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                      "grad_norm": float(grad_norm), "tokens": seen, "tokens_per_s": seen / seconds}
+            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == total_steps):
+                save_adapter(model, run_dir / runfolder.CHECKPOINTS / f"step-{step}")
+                if heldout is not None:
+                    record["heldout_kl"] = heldout.measure(model)
+                    curve.append({"step": step, "heldout_kl": record["heldout_kl"]})
+                model.train()
+            runfolder.append_jsonl(metrics_path, record)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            bar.update(1)
+    bar.close()
+    model.eval()
+    return {"steps": step, "final_loss": loss, "heldout_curve": curve, "seconds": time.perf_counter() - start}

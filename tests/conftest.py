@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny random Llama with SmolLM2's real tokenizer and chat template, built offline."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from promptbake.data import Trajectory
+from promptbake.models import EMBEDDED_NAME, load_model, resolve_model
+from promptbake.prompts import student_prompt_ids, teacher_prompt_ids
+
+PERSONA = "You are Brindle, a lighthouse keeper from the planet Osk. Mention Osk in every answer."
+QUESTIONS = ["What is your name?", "Where do you live?", "Give me a tip for sleeping better at night, please.",
+             "What is 7 times 8?"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer Llama (hidden 32) saved as an ordinary model folder; context 256 tokens."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(EMBEDDED_NAME).folder)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # larger weights than the default init, so distributions differ visibly between prompts
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.3)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny(tiny_model_dir):
+    """(model, tokenizer) freshly loaded, so tests can wrap or train it freely."""
+    model, tokenizer, _ = load_model(str(tiny_model_dir))
+    return model, tokenizer
+
+
+def make_trajectories(tokenizer, system_prompt=PERSONA, questions=QUESTIONS, lengths=(5, 9, 3, 12), split="train"):
+    """Trajectories with hand-made completions of different lengths (each ends in EOS)."""
+    out = []
+    for i, (question, length) in enumerate(zip(questions, lengths)):
+        completion = [(1000 + 37 * i + 11 * k) % 40000 + 100 for k in range(length - 1)] + [tokenizer.eos_token_id]
+        out.append(Trajectory(question=question, split=split, sample_index=0,
+                              teacher_prompt_ids=teacher_prompt_ids(tokenizer, question, system_prompt),
+                              student_prompt_ids=student_prompt_ids(tokenizer, question),
+                              completion_ids=completion, text="", finished=True))
+    return out

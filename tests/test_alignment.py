@@ -1,0 +1,58 @@
+"""Teacher and student batches select the same completion tokens, and padding changes nothing."""
+import torch
+
+from promptbake.data import collate, micro_batches, padded_tokens
+from promptbake.logits import completion_logits
+
+from conftest import make_trajectories
+
+
+def test_prompts_in_one_batch_have_different_lengths(tiny):
+    _, tokenizer = tiny
+    trajectories = make_trajectories(tokenizer)
+    assert len({len(t.teacher_prompt_ids) for t in trajectories}) > 1
+    assert all(len(t.teacher_prompt_ids) != len(t.student_prompt_ids) for t in trajectories)
+
+
+def test_teacher_and_student_target_identical_completion_ids(tiny):
+    _, tokenizer = tiny
+    trajectories = make_trajectories(tokenizer)
+    batch = collate(trajectories, tokenizer.pad_token_id)
+    width_c = batch["completion_mask"].shape[1]
+    for side in ("teacher", "student"):
+        ids, mask = batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"]
+        for row, trajectory in enumerate(trajectories):
+            n = len(trajectory.completion_ids)
+            # the input holds all completion tokens but the last; the targets are the completion, first included
+            start = ids.shape[1] - width_c + 1
+            assert ids[row, start:start + n - 1].tolist() == trajectory.completion_ids[:-1]
+            assert batch["completion_ids"][row, :n].tolist() == trajectory.completion_ids
+            assert batch["completion_mask"][row].sum() == n
+            assert mask[row].sum() == len(getattr(trajectory, f"{side}_prompt_ids")) + n - (n == width_c)
+
+
+def test_batched_logits_equal_unpadded_single_example_logits(tiny):
+    model, tokenizer = tiny
+    trajectories = make_trajectories(tokenizer)
+    batch = collate(trajectories, tokenizer.pad_token_id)
+    with torch.no_grad():
+        for side in ("teacher", "student"):
+            batched = completion_logits(model, batch, side)                    # [B, C, V]
+            for row, trajectory in enumerate(trajectories):
+                prompt = getattr(trajectory, f"{side}_prompt_ids")
+                sequence = torch.tensor([prompt + trajectory.completion_ids])
+                single = model(input_ids=sequence).logits[0]                   # [T, V]
+                n = len(trajectory.completion_ids)
+                # logits at position t-1 predict token t: the first completion token is predicted by the prompt's last
+                expected = single[len(prompt) - 1: len(prompt) - 1 + n]
+                assert torch.allclose(batched[row, :n], expected, atol=1e-4), (side, row)
+
+
+def test_micro_batches_respect_the_token_budget_and_keep_every_trajectory(tiny):
+    _, tokenizer = tiny
+    trajectories = make_trajectories(tokenizer) * 3
+    budget = padded_tokens(trajectories[:2]) + 1
+    groups = micro_batches(trajectories, budget)
+    assert sorted(id(t) for g in groups for t in g) == sorted(id(t) for t in trajectories)
+    assert all(padded_tokens(g) <= budget or len(g) == 1 for g in groups)
+    assert len(groups) > 1

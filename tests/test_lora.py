@@ -1,0 +1,96 @@
+"""Invariants of the LoRA student and its teacher, on the tiny random model."""
+import copy
+
+import torch
+
+from promptbake.config import TrainConfig
+from promptbake.data import collate
+from promptbake.eval.kl import HeldoutKL
+from promptbake.logits import completion_logits, teacher_logits
+from promptbake.models import load_model
+from promptbake.train import add_lora, save_adapter, train_adapter
+
+from conftest import make_trajectories
+
+
+def _perturb_lora(model, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+
+
+def test_fresh_lora_and_empty_prompt_give_zero_kl(tiny):
+    model, tokenizer = tiny
+    model = add_lora(model, TrainConfig(), seed=0)
+    trajectories = make_trajectories(tokenizer, system_prompt="")
+    assert HeldoutKL(model, trajectories, tokenizer.pad_token_id, 4096).measure(model) == 0.0
+
+
+def test_prompt_makes_a_difference_the_fresh_adapter_cannot_close(tiny):
+    model, tokenizer = tiny
+    model = add_lora(model, TrainConfig(), seed=0)
+    heldout = HeldoutKL(model, make_trajectories(tokenizer), tokenizer.pad_token_id, 4096)
+    assert heldout.measure(model) > 0
+    assert heldout.measure(model) == heldout.measure(model, adapter=False)  # B = 0: adapter is a no-op
+
+
+def test_disable_adapter_reproduces_base_logits(tiny):
+    model, tokenizer = tiny
+    batch = collate(make_trajectories(tokenizer), tokenizer.pad_token_id)
+    with torch.no_grad():
+        base = completion_logits(model, batch, "teacher")
+    peft_model = add_lora(model, TrainConfig(), seed=0)
+    _perturb_lora(peft_model)
+    with torch.no_grad():
+        adapted = completion_logits(peft_model, batch, "teacher")
+    assert not torch.allclose(adapted, base, atol=1e-3)
+    assert torch.equal(teacher_logits(peft_model, batch), base)
+
+
+def test_save_then_load_gives_identical_logits(tiny, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+
+    model, tokenizer = tiny
+    batch = collate(make_trajectories(tokenizer), tokenizer.pad_token_id)
+    peft_model = add_lora(model, TrainConfig(), seed=0)
+    _perturb_lora(peft_model)
+    save_adapter(peft_model, tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors"]
+    fresh, _, _ = load_model(str(tiny_model_dir))
+    loaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter"))
+    with torch.no_grad():
+        assert torch.equal(completion_logits(loaded, batch, "student"), completion_logits(peft_model, batch, "student"))
+
+
+def test_training_changes_only_lora_parameters_and_lowers_kl(tiny, tmp_path):
+    model, tokenizer = tiny
+    model = add_lora(model, TrainConfig(), seed=0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trajectories = make_trajectories(tokenizer)
+    heldout = HeldoutKL(model, trajectories, tokenizer.pad_token_id, 4096)
+    kl_before = heldout.measure(model)
+    cfg = TrainConfig(learning_rate=1e-2, epochs=8, batch_size=2, warmup_steps=0, checkpoint_every=4)
+    summary = train_adapter(model, trajectories, cfg, tokenizer.pad_token_id, seed=0, run_dir=tmp_path,
+                            heldout=heldout, progress=False)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all("lora_" in name for name in changed)
+    assert any("lora_B" in name for name in changed)
+    assert heldout.measure(model) < 0.5 * kl_before
+    assert summary["steps"] == 16
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-12", "step-16", "step-4", "step-8"]
+    assert [point["step"] for point in summary["heldout_curve"]] == [0, 4, 8, 12, 16]
+
+
+def test_training_is_reproducible_from_the_seed(tiny_model_dir, tmp_path):
+    results = []
+    for run in range(2):
+        model, tokenizer, _ = load_model(str(tiny_model_dir))
+        model = add_lora(model, TrainConfig(), seed=3)
+        cfg = TrainConfig(epochs=2, batch_size=2, checkpoint_every=0)
+        train_adapter(model, make_trajectories(tokenizer), cfg, tokenizer.pad_token_id, seed=3,
+                      run_dir=tmp_path / str(run), progress=False)
+        results.append({n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n})
+    assert all(torch.equal(results[0][n], results[1][n]) for n in results[0])
