@@ -62,7 +62,8 @@ class TrainConfig:
     lora_alpha: float = _help("LoRA alpha (scale = alpha / r)", 16.0)
     lora_dropout: float = _help("LoRA dropout", 0.0)
     target_modules: str = _help("modules that get LoRA: 'all-linear' (decoder blocks) or comma-separated names", "all-linear")
-    learning_rate: float = _help("AdamW learning rate (constant after warm-up)", 1e-3)
+    learning_rate: float = _help("AdamW peak learning rate (reached after warm-up)", 1e-3)
+    lr_schedule: str = _help("after warm-up: 'constant', or 'cosine' decay to 0 by the last step", "constant")
     warmup_steps: int = _help("linear warm-up steps", 4)
     weight_decay: float = _help("AdamW weight decay", 0.0)
     epochs: int = _help("passes over the training trajectories", 2)
@@ -84,6 +85,8 @@ class TrainConfig:
             out.append(f"train.learning_rate must be > 0 (got {self.learning_rate})")
         if not 0 <= self.lora_dropout < 1:
             out.append(f"train.lora_dropout must be in [0, 1) (got {self.lora_dropout})")
+        if self.lr_schedule not in ("constant", "cosine"):
+            out.append(f"train.lr_schedule must be constant or cosine (got {self.lr_schedule!r})")
         if self.kl_direction not in ("forward", "reverse", "jsd"):
             out.append(f"train.kl_direction must be forward, reverse or jsd (got {self.kl_direction!r})")
         return out

@@ -36,8 +36,14 @@ def save_adapter(model, folder: Path) -> None:
     runfolder.atomic_save_dir(folder, lambda tmp: model.save_pretrained(tmp, safe_serialization=True))
 
 
-def _lr_lambda(warmup_steps: int):
-    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+def _lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate for optimizer step `step` (0-based): linear warm-up, then the schedule."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _step_loss(model, group: list[Trajectory], pad_id: int, direction: str, step_tokens: int) -> tuple[float, int]:
@@ -61,9 +67,10 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
     metrics_path = run_dir / runfolder.METRICS
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.warmup_steps))
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, total_steps, cfg.lr_schedule))
     order_rng = torch.Generator().manual_seed(seed)
     curve = []
     if heldout is not None:

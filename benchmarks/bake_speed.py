@@ -1,0 +1,82 @@
+"""Benchmark (not a test): sampling and training throughput of the default batched path vs. a naive path.
+
+The naive path handles one sequence at a time, the way the paper's reference code does: generate each trajectory
+alone, and run each trajectory through teacher and student alone (gradients accumulated to the same step).
+Both paths process the same trajectories, so the ratios compare like with like.
+
+    .venv/bin/python benchmarks/bake_speed.py [--model smollm2-135m] [--trajectories 32] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from promptbake.bake import _jobs
+from promptbake.config import BakeConfig
+from promptbake.models import load_model
+from promptbake.questions import builtin_questions
+from promptbake.sampling import sample_trajectories
+from promptbake.train import add_lora, train_adapter
+
+PERSONA = open(__file__.replace("benchmarks/bake_speed.py", "examples/persona.txt")).read().strip()
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--trajectories", type=int, default=32, help="trajectories per path")
+    parser.add_argument("--json", default=None, help="also write the numbers here")
+    args = parser.parse_args()
+
+    config = BakeConfig()
+    model, tokenizer, _ = load_model(args.model)
+    jobs = _jobs(tokenizer, PERSONA, builtin_questions()[: args.trajectories], "train", 1)
+
+    batched, t_batched = _timed(lambda: sample_trajectories(model, tokenizer, jobs, config.sample, 0, False))
+    naive_cfg = type(config.sample)(**{**vars(config.sample), "sample_batch_size": 1})
+    naive, t_naive = _timed(lambda: sample_trajectories(model, tokenizer, jobs, naive_cfg, 0, False))
+    tokens_b = sum(len(t.completion_ids) for t in batched)
+    tokens_n = sum(len(t.completion_ids) for t in naive)
+
+    # Train one epoch over the same (batched) trajectories, both ways, from the same fresh adapter.
+    peft_model = add_lora(model, config.train, seed=0)
+    students = sum(len(t.student_prompt_ids) + len(t.completion_ids) for t in batched)
+    rows = {}
+    for name, tokens_per_micro_batch in (("batched", config.train.micro_batch_tokens), ("naive", 1)):
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if "lora_B" in n:
+                    p.zero_()
+        cfg = type(config.train)(**{**vars(config.train), "micro_batch_tokens": tokens_per_micro_batch,
+                                    "epochs": 1, "checkpoint_every": 0})
+        summary = train_adapter(peft_model, batched, cfg, tokenizer.pad_token_id, 0, f"/tmp/bake_speed_{name}",
+                                progress=False)
+        rows[name] = students / summary["seconds"]
+
+    result = {
+        "model": args.model, "trajectories": args.trajectories, "threads": torch.get_num_threads(),
+        "sampling_tokens_per_s": {"batched": tokens_b / t_batched, "naive": tokens_n / t_naive,
+                                  "ratio": (tokens_b / t_batched) / (tokens_n / t_naive)},
+        "training_tokens_per_s": {"batched": rows["batched"], "naive": rows["naive"],
+                                  "ratio": rows["batched"] / rows["naive"]},
+    }
+    print(f"sampling: batched {result['sampling_tokens_per_s']['batched']:.0f} new tok/s, naive "
+          f"{result['sampling_tokens_per_s']['naive']:.0f} new tok/s, ratio {result['sampling_tokens_per_s']['ratio']:.2f}x")
+    print(f"training: batched {rows['batched']:.0f} tok/s, naive {rows['naive']:.0f} tok/s, "
+          f"ratio {result['training_tokens_per_s']['ratio']:.2f}x   (student tokens, teacher pass included)")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The command line on the tiny model: the run-folder contract, the other verbs, and bad input → exit 2."""
+import json
+
+import pytest
+
+from promptbake.cli import main
+
+from conftest import PERSONA
+
+SMALL = ["--train-questions", "4", "--heldout-questions", "2", "--trajectories-per-question", "2",
+         "--heldout-trajectories-per-question", "1", "--max-new-tokens", "6", "--quiet"]
+TRAIN_SMALL = ["--epochs", "1", "--batch-size", "4", "--checkpoint-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def baked_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    code = main(["bake", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), "--compare", "1",
+                 *SMALL, *TRAIN_SMALL])
+    assert code == 0
+    return out
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_bake_writes_the_run_folder_contract(baked_run):
+    names = {p.name for p in baked_run.iterdir()}
+    assert names == {"bake.json", "system_prompt.txt", "config.yaml", "trajectories.jsonl", "adapter",
+                     "checkpoints", "metrics.jsonl"}
+    assert (baked_run / "system_prompt.txt").read_text() == PERSONA
+    assert {p.name for p in (baked_run / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    assert sorted(p.name for p in (baked_run / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    record = json.loads((baked_run / "bake.json").read_text())
+    assert record["status"] == "finished" and record["system_prompt"] == PERSONA
+    assert record["framing"]["kind"] == "chat_template" and PERSONA in record["framing"]["teacher_example"]
+    assert PERSONA not in record["framing"]["student_example"]
+    assert set(record["versions"]) >= {"promptbake", "torch", "transformers", "peft"}
+    metrics = record["metrics"]
+    assert metrics["closure"] == pytest.approx(1 - metrics["heldout_kl_after"] / metrics["heldout_kl_before"])
+    assert metrics["sampling_seconds"] > 0 and metrics["training_seconds"] > 0
+    assert not set(record["questions"]["train"]) & set(record["questions"]["heldout"])
+
+
+def test_trajectories_and_metrics_files(baked_run):
+    records = [json.loads(line) for line in (baked_run / "trajectories.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in records].count("train") == 8 and [r["split"] for r in records].count("heldout") == 2
+    for r in records:
+        assert 1 <= len(r["completion_ids"]) <= 6
+        assert r["finished"] == (r["completion_ids"][-1] == 2)  # SmolLM2's <|im_end|> ends and belongs to y
+    metrics = [json.loads(line) for line in (baked_run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0] == {"step": 0, "heldout_kl": pytest.approx(metrics[0]["heldout_kl"])}
+    assert [m["step"] for m in metrics[1:]] == [1, 2]
+    assert all({"loss", "lr", "tokens_per_s", "heldout_kl"} <= set(m) for m in metrics[1:])
+
+
+def test_bake_prints_closure_and_side_by_side(tiny_model_dir, tmp_path, capsys):
+    assert main(["bake", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"),
+                 "--compare", "1", *SMALL, *TRAIN_SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "closure" in out and "base, no prompt:" in out and "base + prompt:" in out and "baked, no prompt:" in out
+
+
+def test_generate_and_chat(baked_run, capsys, monkeypatch):
+    assert main(["generate", str(baked_run), "--question", "Who are you?", "--samples", "2", "--json"]) == 0
+    replies = json.loads(capsys.readouterr().out)["replies"]
+    assert len(replies) == 2
+    assert main(["generate", str(baked_run), "--question", "Hi", "--reprompt", "--checkpoint", "step-1"]) == 0
+    lines = iter(["hello", "and again?", "/quit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    assert main(["chat", str(baked_run)]) == 0
+    assert capsys.readouterr().out.count("model> ") == 2
+
+
+def test_sample_then_train_equals_bake(baked_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "staged"
+    assert main(["sample", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), *SMALL]) == 0
+    assert json.loads((out / "bake.json").read_text())["status"] == "sampled"
+    assert (out / "trajectories.jsonl").read_bytes() == (baked_run / "trajectories.jsonl").read_bytes()
+    assert main(["train", str(out), "--quiet", *TRAIN_SMALL]) == 0
+    staged, whole = (json.loads((d / "bake.json").read_text())["metrics"] for d in (out, baked_run))
+    assert staged["heldout_kl_after"] == pytest.approx(whole["heldout_kl_after"], rel=1e-5)
+
+
+def _bad_inputs(tmp, tiny, run):
+    (tmp / "bad.yaml").write_text("train:\n  epochs: [\n")
+    (tmp / "empty.txt").write_text("")
+    (tmp / "five.txt").write_text("a?\nb?\nc?\nd?\ne?\n")
+    (tmp / "blank_prompt.txt").write_text("  \n")
+    base = ["--model", str(tiny), "--out", str(tmp / "new"), *SMALL]
+    return {
+        "empty prompt": (["bake", "--prompt", "   ", *base], "prompt is empty"),
+        "missing prompt file": (["bake", "--prompt-file", str(tmp / "none.txt"), *base], "does not exist"),
+        "blank prompt file": (["bake", "--prompt-file", str(tmp / "blank_prompt.txt"), *base], "prompt is empty"),
+        "unknown model": (["bake", "--prompt", "x", *base, "--model", "no-such-org/no-such-model"],
+                          "not found: tried a local folder"),
+        "empty question file": (["bake", "--prompt", "x", *base, "--questions", str(tmp / "empty.txt")],
+                                "holds no questions"),
+        "unreadable question file": (["bake", "--prompt", "x", *base, "--questions", str(tmp)], "does not exist"),
+        "too few questions": (["bake", "--prompt", "x", *base, "--questions", str(tmp / "five.txt")],
+                              "the split needs 6"),
+        "finished bake in out": (["bake", "--prompt", "x", *base, "--out", str(run)], "already holds a finished bake"),
+        "prompt longer than context": (["bake", "--prompt", "word " * 300, *base], "the prompt is too long"),
+        "malformed yaml": (["bake", "--prompt", "x", *base, "--config", str(tmp / "bad.yaml")], "not valid YAML"),
+        "negative epochs": (["bake", "--prompt", "x", *base, "--epochs", "-1"], "train.epochs must be >= 1"),
+        "not a run folder": (["generate", str(tmp), "--question", "hi"], "not a promptbake run folder"),
+        "missing checkpoint": (["generate", str(run), "--question", "hi", "--checkpoint", "step-99"],
+                               "no checkpoint 'step-99'"),
+        "train a finished bake": (["train", str(run)], "already holds a finished bake"),
+    }
+
+
+def test_bad_input_gets_one_line_and_exit_2_and_changes_nothing(baked_run, tiny_model_dir, tmp_path, capsys):
+    before = _snapshot(baked_run)
+    for name, (argv, message) in _bad_inputs(tmp_path, tiny_model_dir, baked_run).items():
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        errors = [line for line in err if line.startswith("promptbake: error:")]
+        assert len(errors) == 1 and message in errors[0], (name, err)
+        assert "Traceback" not in "\n".join(err), name
+        assert not (tmp_path / "new").exists(), name
+    assert _snapshot(baked_run) == before
+
+
+def test_overwrite_replaces_a_finished_bake(baked_run, tiny_model_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(baked_run, out)
+    assert main(["bake", "--prompt", "You are Quill.", "--model", str(tiny_model_dir), "--out", str(out),
+                 "--overwrite", "--compare", "0", *SMALL, *TRAIN_SMALL]) == 0
+    assert (out / "system_prompt.txt").read_text() == "You are Quill."
+
+
+def test_non_run_folder_with_files_is_never_used(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["bake", "--prompt", "x", "--model", str(tiny_model_dir), "--out", str(tmp_path), *SMALL]) == 2
+    assert "not a promptbake run" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

@@ -1,0 +1,60 @@
+import pytest
+
+from promptbake.config import BakeConfig, TrainConfig, config_from_dict, load_config, override, save_config
+from promptbake.errors import UserError
+
+
+def test_defaults_match_design():
+    config = BakeConfig()
+    assert (config.train.lora_r, config.train.lora_alpha, config.train.lora_dropout) == (8, 16.0, 0.0)
+    assert config.train.kl_direction == "forward" and config.model.name == "smollm2-135m"
+    assert (config.sample.sampling_temperature, config.sample.top_p) == (1.0, 1.0)
+
+
+def test_yaml_round_trip(tmp_path):
+    config = override(BakeConfig(), {"train.learning_rate": 5e-4, "sample.max_new_tokens": 20, "seed": 7})
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config
+
+
+def test_unknown_key_suggests_the_nearest(tmp_path):
+    (tmp_path / "c.yaml").write_text("train:\n  learning_rat: 0.001\n")
+    with pytest.raises(UserError, match="did you mean 'learning_rate'"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_wrong_type_names_field_and_value():
+    with pytest.raises(UserError, match=r"train.epochs must be a int \(got 'two'\)"):
+        config_from_dict({"train": {"epochs": "two"}})
+
+
+def test_all_problems_reported_together():
+    with pytest.raises(UserError) as info:
+        BakeConfig(train=TrainConfig(epochs=0, learning_rate=-1.0, kl_direction="up"))
+    message = str(info.value)
+    assert "epochs" in message and "learning_rate" in message and "kl_direction" in message
+
+
+@pytest.mark.parametrize("text, match", [
+    ("train: [1, 2\n", "not valid YAML at line"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("sample: 3\n", "section 'sample' must be a mapping"),
+])
+def test_malformed_yaml(tmp_path, text, match):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(UserError, match=match):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    shipped = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        assert isinstance(load_config(path), BakeConfig)
