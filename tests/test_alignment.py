@@ -53,6 +53,23 @@ def test_micro_batches_respect_the_token_budget_and_keep_every_trajectory(tiny):
     trajectories = make_trajectories(tokenizer) * 3
     budget = padded_tokens(trajectories[:2]) + 1
     groups = micro_batches(trajectories, budget)
-    assert sorted(id(t) for g in groups for t in g) == sorted(id(t) for t in trajectories)
-    assert all(padded_tokens(g) <= budget or len(g) == 1 for g in groups)
+    assert sorted(i for g in groups for i in g) == list(range(len(trajectories)))
+    assert all(padded_tokens([trajectories[i] for i in g]) <= budget or len(g) == 1 for g in groups)
     assert len(groups) > 1
+
+
+def test_logits_kept_from_sampling_equal_a_teacher_forward_pass(tiny):
+    from promptbake.config import SampleConfig
+    from promptbake.logits import TeacherCache
+    from promptbake.sampling import sample_trajectories
+
+    model, tokenizer = tiny
+    jobs = [{k: getattr(t, k) for k in ("question", "split", "sample_index", "teacher_prompt_ids",
+                                         "student_prompt_ids")} for t in make_trajectories(tokenizer)]
+    cfg = SampleConfig(max_new_tokens=7, sample_batch_size=3)
+    trajectories, kept = sample_trajectories(model, tokenizer, jobs, cfg, seed=0, progress=False, keep_logits=True)
+    assert trajectories == sample_trajectories(model, tokenizer, jobs, cfg, seed=0, progress=False)
+    recomputed = TeacherCache.compute(model, trajectories, tokenizer.pad_token_id, token_budget=10_000).logits
+    for trajectory, a, b in zip(trajectories, kept, recomputed):
+        assert a.shape == b.shape == (len(trajectory.completion_ids), model.config.vocab_size)
+        assert torch.allclose(a, b, atol=1e-4)

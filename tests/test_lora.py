@@ -1,6 +1,7 @@
 """Invariants of the LoRA student and its teacher, on the tiny random model."""
-import copy
+import json
 
+import pytest
 import torch
 
 from promptbake.config import TrainConfig
@@ -94,3 +95,22 @@ def test_training_is_reproducible_from_the_seed(tiny_model_dir, tmp_path):
                       run_dir=tmp_path / str(run), progress=False)
         results.append({n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n})
     assert all(torch.equal(results[0][n], results[1][n]) for n in results[0])
+
+
+def test_cached_teacher_trains_the_same_adapter_as_a_teacher_pass_per_step(tiny_model_dir, tmp_path):
+    from promptbake.logits import TeacherCache
+
+    results = []
+    for cached in (False, True):
+        model, tokenizer, _ = load_model(str(tiny_model_dir))
+        model = add_lora(model, TrainConfig(), seed=1)
+        trajectories = make_trajectories(tokenizer)
+        cache = TeacherCache.compute(model, trajectories, tokenizer.pad_token_id, 50) if cached else None
+        cfg = TrainConfig(epochs=2, batch_size=2, checkpoint_every=0, micro_batch_tokens=200)
+        summary = train_adapter(model, trajectories, cfg, tokenizer.pad_token_id, seed=1, run_dir=tmp_path / str(cached),
+                                progress=False, cache=cache)
+        losses = [json.loads(line)["loss"] for line in (tmp_path / str(cached) / "metrics.jsonl").read_text().splitlines()]
+        results.append((losses, {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}))
+    (losses_a, weights_a), (losses_b, weights_b) = results
+    assert losses_a == pytest.approx(losses_b, rel=1e-5)
+    assert all(torch.allclose(weights_a[n], weights_b[n], atol=1e-6) for n in weights_a)

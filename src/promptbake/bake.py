@@ -18,6 +18,7 @@ from .config import BakeConfig, load_config, save_config
 from .data import read_trajectories, write_trajectories
 from .errors import UserError
 from .eval.kl import HeldoutKL, closure
+from .logits import TeacherCache
 from .models import load_model
 from .prompts import describe_framing, student_prompt_ids, teacher_prompt_ids
 from .questions import load_questions, split_questions
@@ -80,8 +81,12 @@ def _update_status(run_dir: Path, **changes) -> dict:
 
 
 def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: bool = False, progress: bool = True,
-               loaded=None):
-    """Stage 1: split questions, sample teacher trajectories into `out`. Returns (model, tokenizer, source)."""
+               loaded=None, keep_logits: bool = False):
+    """Stage 1: split questions, sample teacher trajectories into `out`.
+
+    Returns ((model, tokenizer, source), teacher_logits), the latter a list of [n_i, V] tensors in the order of
+    trajectories.jsonl when `keep_logits` and they fit the teacher cache budget, else None.
+    """
     system_prompt = _check_prompt(system_prompt)
     out = Path(out)
     questions = load_questions(config.sample.questions)       # validate cheap inputs before touching `out`
@@ -109,9 +114,15 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
         "questions": {"source": config.sample.questions, "train": train_q, "heldout": heldout_q},
         "versions": _versions(),
     })
+    vocab = model.get_output_embeddings().weight.shape[0]
+    keep_logits = keep_logits and TeacherCache.fits(len(jobs) * config.sample.max_new_tokens, vocab,
+                                                    config.train.teacher_cache_gb)
+    teacher = None
     try:
         start = time.perf_counter()
-        trajectories = sample_trajectories(model, tokenizer, jobs, config.sample, config.seed, progress)
+        trajectories = sample_trajectories(model, tokenizer, jobs, config.sample, config.seed, progress, keep_logits)
+        if keep_logits:
+            trajectories, teacher = trajectories
         seconds = time.perf_counter() - start
         write_trajectories(out / runfolder.TRAJECTORIES, trajectories)
     except BaseException as exc:
@@ -121,20 +132,25 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     _update_status(out, status="sampled", metrics={
         "sampling_seconds": seconds, "sampled_tokens": new_tokens, "sampling_tokens_per_s": new_tokens / seconds,
         "unfinished_trajectories": sum(not t.finished for t in trajectories)})
-    return model, tokenizer, source
+    return (model, tokenizer, source), teacher
 
 
 def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = False, progress: bool = True,
-              loaded=None) -> BakeResult:
-    """Stage 2: train on `out/trajectories.jsonl`, save the adapter, record the held-out KL closure."""
+              loaded=None, teacher: list | None = None) -> BakeResult:
+    """Stage 2: train on `out/trajectories.jsonl`, save the adapter, record the held-out KL closure.
+
+    `teacher` (from sample_run) are the teacher's logits per trajectory; without them the teacher runs once
+    over all trajectories when its logits fit `train.teacher_cache_gb`, else at every training step.
+    """
     out = Path(out)
     record = runfolder.read_bake_json(out)
     if record.get("status") == "finished" and not overwrite:
         raise UserError(f"{out} already holds a finished bake; pass --overwrite to train it again")
     config = config or load_config(out / runfolder.CONFIG_YAML)
     trajectories = read_trajectories(out / runfolder.TRAJECTORIES)
-    train = [t for t in trajectories if t.split == "train"]
-    heldout = [t for t in trajectories if t.split == "heldout"]
+    train_idx = [i for i, t in enumerate(trajectories) if t.split == "train"]
+    heldout_idx = [i for i, t in enumerate(trajectories) if t.split == "heldout"]
+    train, heldout = [trajectories[i] for i in train_idx], [trajectories[i] for i in heldout_idx]
     if not train or not heldout:
         raise UserError(f"{out}/{runfolder.TRAJECTORIES} needs both train and held-out trajectories "
                         f"(has {len(train)} train, {len(heldout)} held-out); sample again")
@@ -149,11 +165,20 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
         model = add_lora(model, config.train, config.seed)
         pad_id = tokenizer.pad_token_id
         start = time.perf_counter()
-        heldout_kl = HeldoutKL(model, heldout, pad_id, config.train.micro_batch_tokens)
-        kl_before = heldout_kl.measure(model, adapter=False)
-        summary = train_adapter(model, train, config.train, pad_id, config.seed, out, heldout_kl, progress)
+        budget = config.train.micro_batch_tokens
+        tokens = sum(len(t.completion_ids) for t in trajectories)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        if teacher is None and TeacherCache.fits(tokens, vocab, config.train.teacher_cache_gb):
+            teacher = TeacherCache.compute(model, trajectories, pad_id, budget).logits
+        train_cache = TeacherCache([teacher[i] for i in train_idx]) if teacher else None
+        heldout_cache = TeacherCache([teacher[i] for i in heldout_idx]) if teacher else None
+        heldout_kl = HeldoutKL(model, heldout, pad_id, budget, heldout_cache)
+        summary = train_adapter(model, train, config.train, pad_id, config.seed, out, heldout_kl, progress,
+                                train_cache)
         save_adapter(model, out / runfolder.ADAPTER)
-        kl_after = heldout_kl.measure(model)
+        curve = summary["heldout_curve"]   # starts at step 0, the fresh adapter (B = 0), i.e. the base model
+        kl_before = curve[0]["heldout_kl"]
+        kl_after = curve[-1]["heldout_kl"] if curve[-1]["step"] == summary["steps"] else heldout_kl.measure(model)
         total = time.perf_counter() - start
     except BaseException as exc:
         _update_status(out, status="failed", error=f"training: {exc!r}")
@@ -162,7 +187,7 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
     metrics.update({
         "heldout_kl_before": kl_before, "heldout_kl_after": kl_after, "closure": closure(kl_before, kl_after),
         "training_seconds": summary["seconds"], "train_and_eval_seconds": total, "steps": summary["steps"],
-        "final_train_loss": summary["final_loss"], "train_trajectories": len(train),
+        "final_train_loss": summary["final_loss"], "teacher_cached": teacher is not None, "train_trajectories": len(train),
         "heldout_trajectories": len(heldout), "heldout_tokens": heldout_kl.tokens,
     })
     _update_status(out, status="finished", metrics=metrics,
@@ -182,5 +207,5 @@ def bake(system_prompt: str, out: str | Path = "runs/bake", config: BakeConfig |
         BakeResult with the run folder and metrics (held-out KL before/after, closure, seconds).
     """
     config = config or BakeConfig()
-    loaded = sample_run(system_prompt, Path(out), config, overwrite, progress)
-    return train_run(Path(out), config, overwrite=True, progress=progress, loaded=loaded)
+    loaded, teacher = sample_run(system_prompt, Path(out), config, overwrite, progress, keep_logits=True)
+    return train_run(Path(out), config, overwrite=True, progress=progress, loaded=loaded, teacher=teacher)

@@ -71,6 +71,8 @@ class TrainConfig:
     micro_batch_tokens: int = _help("padded tokens per forward pass (gradient accumulation splits a step)", 3072)
     max_grad_norm: float = _help("gradient clipping norm (0 = off)", 1.0)
     kl_direction: str = _help("'forward' KL(teacher||student), 'reverse' KL(student||teacher), or 'jsd'", "forward")
+    teacher_cache_gb: float = _help("keep the teacher's logits in memory when they fit in this many GB, so "
+                                    "training runs no teacher pass (0: recompute the teacher every step)", 3.0)
     checkpoint_every: int = _help("save checkpoints/step-N and evaluate held-out KL every N steps (0 = off)", 4)
 
     def problems(self) -> list[str]:
@@ -78,7 +80,7 @@ class TrainConfig:
         for name in ("lora_r", "epochs", "batch_size", "micro_batch_tokens"):
             if getattr(self, name) < 1:
                 out.append(f"train.{name} must be >= 1 (got {getattr(self, name)})")
-        for name in ("warmup_steps", "checkpoint_every"):
+        for name in ("warmup_steps", "checkpoint_every", "teacher_cache_gb"):
             if getattr(self, name) < 0:
                 out.append(f"train.{name} must be >= 0 (got {getattr(self, name)})")
         if self.learning_rate <= 0:

@@ -94,19 +94,20 @@ def padded_tokens(trajectories: list[Trajectory]) -> int:
     return len(trajectories) * (width_p + width_c)
 
 
-def micro_batches(trajectories: list[Trajectory], token_budget: int) -> list[list[Trajectory]]:
-    """Split into groups whose padded size stays within `token_budget` (a lone long sequence gets its own group).
+def micro_batches(trajectories: list[Trajectory], token_budget: int) -> list[list[int]]:
+    """Split into index groups whose padded size stays within `token_budget` (a lone long one gets its own group).
 
     Sorting by length first keeps padding small; order inside a step does not change its summed gradient.
     """
-    ordered = sorted(trajectories, key=lambda t: (len(t.teacher_prompt_ids) + len(t.completion_ids)))
-    groups: list[list[Trajectory]] = []
-    current: list[Trajectory] = []
-    for trajectory in ordered:
-        if current and padded_tokens(current + [trajectory]) > token_budget:
+    order = sorted(range(len(trajectories)),
+                   key=lambda i: len(trajectories[i].teacher_prompt_ids) + len(trajectories[i].completion_ids))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        if current and padded_tokens([trajectories[j] for j in current + [i]]) > token_budget:
             groups.append(current)
             current = []
-        current.append(trajectory)
+        current.append(i)
     if current:
         groups.append(current)
     return groups

@@ -12,10 +12,10 @@ DIRECTIONS = ("forward", "reverse", "jsd")
 
 
 def _kl_from_logprobs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(p ‖ q) summed over the last dim; terms where p = 0 contribute 0 even if log q = -inf."""
-    p = log_p.exp()
-    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
-    return terms.sum(-1)
+    """KL(p ‖ q) summed over the last dim. A token with p = 0 (log p = -inf) contributes 0: clamping log p to a
+    huge finite negative keeps 0 · (log p − log q) from becoming NaN, and is cheaper than a masked select."""
+    log_p = log_p.clamp(min=-1e30)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 def per_token_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor,

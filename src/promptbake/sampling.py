@@ -38,23 +38,34 @@ def cut_at_stop(ids: list[int], stop_ids: list[int]) -> tuple[list[int], bool]:
 
 @torch.no_grad()
 def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig, pad_id: int,
-                   stop_ids: list[int]) -> list[tuple[list[int], bool]]:
-    """Generate one continuation per prompt (token-id lists) with left padding; return (ids, finished)."""
+                   stop_ids: list[int], keep_logits: bool = False):
+    """Generate one continuation per prompt (token-id lists) with left padding.
+
+    Returns (ids, finished) per prompt, and with `keep_logits` also the raw logits [n_i, V] that predicted each
+    kept token: the model's own next-token distribution, before temperature or top_p touch it.
+    """
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config)
-    return [cut_at_stop(row[width:].tolist(), stop_ids) for row in out]
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config,
+                         output_logits=keep_logits, return_dict_in_generate=True)
+    results = [cut_at_stop(row[width:].tolist(), stop_ids) for row in out.sequences]
+    if not keep_logits:
+        return results
+    steps = torch.stack(out.logits, dim=1)                                   # [B, steps, V]
+    return results, [steps[i, :len(ids)].clone() for i, (ids, _) in enumerate(results)]
 
 
 def sample_trajectories(model, tokenizer, jobs: list[dict], cfg: SampleConfig, seed: int,
-                        progress: bool = True) -> list[Trajectory]:
+                        progress: bool = True, keep_logits: bool = False):
     """Sample one trajectory per job.
 
     Args:
         jobs: dicts with question, split, sample_index, teacher_prompt_ids, student_prompt_ids.
+        keep_logits: also return the teacher's logits for every sampled token (see generate_batch).
     Returns:
-        Trajectories in the order of `jobs`; each batch is seeded from (seed, batch index) so a run repeats.
+        Trajectories in the order of `jobs` (each batch is seeded from (seed, batch index) so a run repeats);
+        with keep_logits, (trajectories, logits) where logits[i] is [len(completion_i), V] float32.
     """
     stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
     pad_id = tokenizer.pad_token_id
@@ -62,13 +73,19 @@ def sample_trajectories(model, tokenizer, jobs: list[dict], cfg: SampleConfig, s
     order = sorted(range(len(jobs)), key=lambda i: len(jobs[i]["teacher_prompt_ids"]))
     batches = [order[i:i + cfg.sample_batch_size] for i in range(0, len(order), cfg.sample_batch_size)]
     results: dict[int, Trajectory] = {}
+    logits: dict[int, torch.Tensor] = {}
     bar = tqdm(total=len(jobs), desc="sampling", unit="traj", disable=not progress)
     for number, batch in enumerate(batches):
         torch.manual_seed(seed * 100_003 + number)
         prompts = [jobs[i]["teacher_prompt_ids"] for i in batch]
-        for i, (ids, finished) in zip(batch, generate_batch(model, prompts, gen_config, pad_id, stop_ids)):
+        out = generate_batch(model, prompts, gen_config, pad_id, stop_ids, keep_logits)
+        if keep_logits:
+            out, kept = out
+            logits.update(zip(batch, kept))
+        for i, (ids, finished) in zip(batch, out):
             results[i] = Trajectory(**jobs[i], completion_ids=ids, finished=finished,
                                     text=tokenizer.decode(ids, skip_special_tokens=True))
         bar.update(len(batch))
     bar.close()
-    return [results[i] for i in range(len(jobs))]
+    trajectories = [results[i] for i in range(len(jobs))]
+    return (trajectories, [logits[i] for i in range(len(jobs))]) if keep_logits else trajectories

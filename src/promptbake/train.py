@@ -14,7 +14,7 @@ from .config import TrainConfig
 from .data import Trajectory, collate, micro_batches
 from .errors import UserError
 from .eval.kl import HeldoutKL
-from .logits import completion_logits, teacher_logits
+from .logits import TeacherCache, completion_logits, teacher_logits
 from .losses import masked_sum, per_token_kl
 
 
@@ -46,10 +46,13 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) ->
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _step_loss(model, group: list[Trajectory], pad_id: int, direction: str, step_tokens: int) -> tuple[float, int]:
+def _step_loss(model, train: list[Trajectory], group: list[int], pad_id: int, direction: str, step_tokens: int,
+               cache: TeacherCache | None) -> tuple[float, int]:
     """Forward + backward of one micro-batch; the loss is scaled so a step's gradients sum to a per-token mean."""
-    batch = collate(group, pad_id)
-    teacher = teacher_logits(model, batch)                      # [B, C, V], no graph
+    batch = collate([train[i] for i in group], pad_id)
+    width_c = batch["completion_mask"].shape[1]
+    # [B, C, V], no graph: from the cache, or the model itself with its adapter disabled
+    teacher = cache.batch(group, width_c) if cache is not None else teacher_logits(model, batch)
     student = completion_logits(model, batch, "student")        # [B, C, V]
     kl_sum = masked_sum(per_token_kl(teacher, student, direction), batch["completion_mask"])
     (kl_sum / step_tokens).backward()
@@ -57,8 +60,10 @@ def _step_loss(model, group: list[Trajectory], pad_id: int, direction: str, step
 
 
 def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int, seed: int, run_dir: Path,
-                  heldout: HeldoutKL | None = None, progress: bool = True) -> dict:
+                  heldout: HeldoutKL | None = None, progress: bool = True, cache: TeacherCache | None = None) -> dict:
     """Train the LoRA adapter of `model` (a PeftModel) in place; write metrics.jsonl and checkpoints/step-N.
+
+    `cache` holds the teacher's logits for `train` (same order); without it the teacher runs at every step.
 
     Returns a summary: steps, final training loss, held-out KL curve, seconds.
     """
@@ -84,11 +89,12 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
         order = torch.randperm(len(train), generator=order_rng).tolist()
         for first in range(0, len(order), cfg.batch_size):
             step_start = time.perf_counter()
-            chosen = [train[i] for i in order[first:first + cfg.batch_size]]
-            step_tokens = sum(len(t.completion_ids) for t in chosen)
+            chosen = order[first:first + cfg.batch_size]
+            step_tokens = sum(len(train[i].completion_ids) for i in chosen)
             kl_total, seen = 0.0, 0
-            for group in micro_batches(chosen, cfg.micro_batch_tokens):
-                kl_sum, tokens = _step_loss(model, group, pad_id, cfg.kl_direction, step_tokens)
+            for group in micro_batches([train[i] for i in chosen], cfg.micro_batch_tokens):
+                group = [chosen[j] for j in group]
+                kl_sum, tokens = _step_loss(model, train, group, pad_id, cfg.kl_direction, step_tokens, cache)
                 kl_total += kl_sum
                 seen += tokens
             loss = kl_total / step_tokens

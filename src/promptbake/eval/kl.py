@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..data import Trajectory, collate, micro_batches
-from ..logits import adapter_disabled, completion_logits, teacher_logits
+from ..logits import TeacherCache, adapter_disabled, completion_logits
 from ..losses import masked_sum, per_token_kl
 
 
@@ -20,9 +20,12 @@ class HeldoutKL:
     ≈ 300 MB for SmolLM2); that buys a teacher-free measurement at every checkpoint.
     """
 
-    def __init__(self, model, trajectories: list[Trajectory], pad_id: int, token_budget: int):
-        self.batches = [collate(group, pad_id) for group in micro_batches(trajectories, token_budget)]
-        self.teacher = [teacher_logits(model, batch) for batch in self.batches]
+    def __init__(self, model, trajectories: list[Trajectory], pad_id: int, token_budget: int,
+                 teacher: TeacherCache | None = None):
+        teacher = teacher or TeacherCache.compute(model, trajectories, pad_id, token_budget)
+        groups = micro_batches(trajectories, token_budget)
+        self.batches = [collate([trajectories[i] for i in group], pad_id) for group in groups]
+        self.teacher = [teacher.batch(group, b["completion_mask"].shape[1]) for group, b in zip(groups, self.batches)]
         self.tokens = sum(int(b["completion_mask"].sum()) for b in self.batches)
 
     @torch.no_grad()
