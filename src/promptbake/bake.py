@@ -89,7 +89,8 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     """
     system_prompt = _check_prompt(system_prompt)
     out = Path(out)
-    questions = load_questions(config.sample.questions)       # validate cheap inputs before touching `out`
+    runfolder.check_out_dir(out, overwrite)                   # validate cheap inputs before loading or writing
+    questions = load_questions(config.sample.questions)
     train_q, heldout_q = split_questions(questions, config.sample.train_questions, config.sample.heldout_questions,
                                          config.seed)
     model, tokenizer, source = loaded or load_model(config.model.name, config.model.allow_download,

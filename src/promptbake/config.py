@@ -39,9 +39,9 @@ class SampleConfig:
     trajectories_per_question: int = _help("teacher samples per training question", 2)
     heldout_trajectories_per_question: int = _help("teacher samples per held-out question", 2)
     sampling_temperature: float = _help("teacher sampling temperature (0 = greedy)", 1.0)
-    top_p: float = _help("nucleus sampling threshold (1.0 = full distribution)", 1.0)
+    top_p: float = _help("nucleus sampling threshold (1.0 = full distribution)", 0.9)
     max_new_tokens: int = _help("longest trajectory, in tokens (end-of-turn token included)", 48)
-    sample_batch_size: int = _help("sequences generated together", 64)
+    sample_batch_size: int = _help("sequences generated together", 96)
 
     def problems(self) -> list[str]:
         out = []
@@ -62,18 +62,18 @@ class TrainConfig:
     lora_alpha: float = _help("LoRA alpha (scale = alpha / r)", 16.0)
     lora_dropout: float = _help("LoRA dropout", 0.0)
     target_modules: str = _help("modules that get LoRA: 'all-linear' (decoder blocks) or comma-separated names", "all-linear")
-    learning_rate: float = _help("AdamW peak learning rate (reached after warm-up)", 1e-3)
+    learning_rate: float = _help("AdamW peak learning rate (reached after warm-up)", 3e-3)
     lr_schedule: str = _help("after warm-up: 'constant', or 'cosine' decay to 0 by the last step", "constant")
     warmup_steps: int = _help("linear warm-up steps", 4)
     weight_decay: float = _help("AdamW weight decay", 0.0)
     epochs: int = _help("passes over the training trajectories", 2)
-    batch_size: int = _help("trajectories per optimizer step", 16)
+    batch_size: int = _help("trajectories per optimizer step", 8)
     micro_batch_tokens: int = _help("padded tokens per forward pass (gradient accumulation splits a step)", 3072)
     max_grad_norm: float = _help("gradient clipping norm (0 = off)", 1.0)
     kl_direction: str = _help("'forward' KL(teacher||student), 'reverse' KL(student||teacher), or 'jsd'", "forward")
     teacher_cache_gb: float = _help("keep the teacher's logits in memory when they fit in this many GB, so "
                                     "training runs no teacher pass (0: recompute the teacher every step)", 3.0)
-    checkpoint_every: int = _help("save checkpoints/step-N and evaluate held-out KL every N steps (0 = off)", 4)
+    checkpoint_every: int = _help("save checkpoints/step-N and evaluate held-out KL every N steps (0 = off)", 8)
 
     def problems(self) -> list[str]:
         out = []

@@ -77,21 +77,28 @@ def read_bake_json(run_dir: Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from None
 
 
-def prepare_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to clobber a previous run unless asked; with overwrite, clear only promptbake's own files."""
+def check_out_dir(out: Path, overwrite: bool) -> bool:
+    """Raise unless `out` may receive a new run; True when it holds a previous run that overwrite will replace."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; choose another --out")
     if not out.exists() or not any(out.iterdir()):
-        out.mkdir(parents=True, exist_ok=True)
-        return
-    bake_json = out / BAKE_JSON
-    if not bake_json.exists():
+        return False
+    if not (out / BAKE_JSON).exists():
         raise UserError(f"--out {out} is a non-empty folder that is not a promptbake run; choose a new or empty folder")
     if not overwrite:
         status = read_bake_json(out).get("status", "unknown")
         kind = "a finished bake" if status == "finished" else f"an unfinished bake (status: {status})"
         raise UserError(f"--out {out} already holds {kind}; choose another --out or pass --overwrite to replace it")
+    return True
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Create `out`, or clear a previous run's own files when overwriting (nothing else in the folder is touched)."""
+    out = Path(out)
+    if not check_out_dir(out, overwrite):
+        out.mkdir(parents=True, exist_ok=True)
+        return
     for name in (BAKE_JSON, SYSTEM_PROMPT, CONFIG_YAML, TRAJECTORIES, METRICS, "report.html"):
         (out / name).unlink(missing_ok=True)
     for name in (ADAPTER, CHECKPOINTS):

@@ -52,8 +52,8 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
     results = [cut_at_stop(row[width:].tolist(), stop_ids) for row in out.sequences]
     if not keep_logits:
         return results
-    steps = torch.stack(out.logits, dim=1)                                   # [B, steps, V]
-    return results, [steps[i, :len(ids)].clone() for i, (ids, _) in enumerate(results)]
+    # out.logits: one [B, V] tensor per step; copy each row's kept steps so the batch-wide tensors can be freed
+    return results, [torch.stack([step[i] for step in out.logits[:len(ids)]]) for i, (ids, _) in enumerate(results)]
 
 
 def sample_trajectories(model, tokenizer, jobs: list[dict], cfg: SampleConfig, seed: int,
