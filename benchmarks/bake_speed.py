@@ -1,8 +1,10 @@
 """Benchmark (not a test): sampling and training throughput of the default batched path vs. a naive path.
 
-The naive path handles one sequence at a time, the way the paper's reference code does: generate each trajectory
-alone, and run each trajectory through teacher and student alone (gradients accumulated to the same step).
-Both paths process the same trajectories, so the ratios compare like with like.
+The default path samples in length-sorted batches with a KV cache, keeps the teacher's logits from sampling, and
+trains on micro-batches packed by token budget. The naive path handles one sequence at a time, the way the paper's
+reference code does: it generates each trajectory alone, and runs each trajectory through teacher and student
+alone (gradients accumulated to the same optimizer step). Both paths train on the same trajectories with the same
+steps, so the ratios compare like with like. Training tokens/s counts student tokens (prompt + completion).
 
     .venv/bin/python benchmarks/bake_speed.py [--model smollm2-135m] [--trajectories 32] [--json out.json]
 """
@@ -10,18 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from promptbake.bake import _jobs
+from promptbake.bake import build_jobs
 from promptbake.config import BakeConfig
+from promptbake.logits import TeacherCache
 from promptbake.models import load_model
 from promptbake.questions import builtin_questions
 from promptbake.sampling import sample_trajectories
 from promptbake.train import add_lora, train_adapter
 
-PERSONA = open(__file__.replace("benchmarks/bake_speed.py", "examples/persona.txt")).read().strip()
+PERSONA = (Path(__file__).resolve().parent.parent / "examples" / "persona.txt").read_text().strip()
 
 
 def _timed(fn):
@@ -39,11 +44,13 @@ def main() -> None:
 
     config = BakeConfig()
     model, tokenizer, _ = load_model(args.model)
-    jobs = _jobs(tokenizer, PERSONA, builtin_questions()[: args.trajectories], "train", 1)
+    jobs = build_jobs(tokenizer, PERSONA, builtin_questions()[: args.trajectories], "train", 1)
+    # both paths use the default sampling settings; only the batch size differs
 
-    batched, t_batched = _timed(lambda: sample_trajectories(model, tokenizer, jobs, config.sample, 0, False))
+    (batched, kept), t_batched = _timed(
+        lambda: sample_trajectories(model, tokenizer, jobs, config.sample, 0, False, keep_logits=True))
     naive_cfg = type(config.sample)(**{**vars(config.sample), "sample_batch_size": 1})
-    naive, t_naive = _timed(lambda: sample_trajectories(model, tokenizer, jobs, naive_cfg, 0, False))
+    (naive, _), t_naive = _timed(lambda: sample_trajectories(model, tokenizer, jobs, naive_cfg, 0, False))
     tokens_b = sum(len(t.completion_ids) for t in batched)
     tokens_n = sum(len(t.completion_ids) for t in naive)
 
@@ -51,15 +58,16 @@ def main() -> None:
     peft_model = add_lora(model, config.train, seed=0)
     students = sum(len(t.student_prompt_ids) + len(t.completion_ids) for t in batched)
     rows = {}
-    for name, tokens_per_micro_batch in (("batched", config.train.micro_batch_tokens), ("naive", 1)):
+    for name, tokens_per_micro_batch, cache in (("batched", config.train.micro_batch_tokens, TeacherCache(kept)),
+                                                ("naive", 1, None)):
         with torch.no_grad():
             for n, p in peft_model.named_parameters():
                 if "lora_B" in n:
                     p.zero_()
         cfg = type(config.train)(**{**vars(config.train), "micro_batch_tokens": tokens_per_micro_batch,
                                     "epochs": 1, "checkpoint_every": 0})
-        summary = train_adapter(peft_model, batched, cfg, tokenizer.pad_token_id, 0, f"/tmp/bake_speed_{name}",
-                                progress=False)
+        summary = train_adapter(peft_model, batched, cfg, tokenizer.pad_token_id, 0,
+                                Path(tempfile.mkdtemp(prefix=f"bake_speed_{name}_")), progress=False, cache=cache)
         rows[name] = students / summary["seconds"]
 
     result = {

@@ -97,7 +97,7 @@ def _bad_inputs(tmp, tiny, run):
                           "not found: tried a local folder"),
         "empty question file": (["bake", "--prompt", "x", *base, "--questions", str(tmp / "empty.txt")],
                                 "holds no questions"),
-        "unreadable question file": (["bake", "--prompt", "x", *base, "--questions", str(tmp)], "does not exist"),
+        "question file is a folder": (["bake", "--prompt", "x", *base, "--questions", str(tmp)], "is a folder"),
         "too few questions": (["bake", "--prompt", "x", *base, "--questions", str(tmp / "five.txt")],
                               "the split needs 6"),
         "finished bake in out": (["bake", "--prompt", "x", *base, "--out", str(run)], "already holds a finished bake"),
@@ -138,3 +138,12 @@ def test_non_run_folder_with_files_is_never_used(tiny_model_dir, tmp_path, capsy
     assert main(["bake", "--prompt", "x", "--model", str(tiny_model_dir), "--out", str(tmp_path), *SMALL]) == 2
     assert "not a promptbake run" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_heldout_trajectories_do_not_depend_on_the_training_budget(baked_run, tiny_model_dir, tmp_path):
+    out = tmp_path / "fewer"
+    argv = ["sample", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), *SMALL]
+    assert main([*argv, "--train-questions", "3", "--trajectories-per-question", "1"]) == 0
+    heldout = [line for line in (out / "trajectories.jsonl").read_text().splitlines() if '"heldout"' in line]
+    assert heldout and heldout == [line for line in (baked_run / "trajectories.jsonl").read_text().splitlines()
+                                   if '"heldout"' in line]

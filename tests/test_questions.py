@@ -43,6 +43,7 @@ def test_split_is_seeded_and_disjoint():
     assert (train, heldout) == split_questions(pool, 30, 10, seed=1)
     assert not set(train) & set(heldout) and len(train) == 30 and len(heldout) == 10
     assert split_questions(pool, 30, 10, seed=2) != (train, heldout)
+    assert split_questions(pool, 12, 10, seed=1)[1] == heldout  # held-out set independent of the training budget
 
 
 def test_too_few_questions_for_the_split():

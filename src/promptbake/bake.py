@@ -52,7 +52,7 @@ def _check_prompt(system_prompt: str) -> str:
     return system_prompt
 
 
-def _jobs(tokenizer, system_prompt: str, questions: list[str], split: str, per_question: int) -> list[dict]:
+def build_jobs(tokenizer, system_prompt: str, questions: list[str], split: str, per_question: int) -> list[dict]:
     jobs = []
     for question in questions:
         teacher = teacher_prompt_ids(tokenizer, question, system_prompt)
@@ -95,8 +95,10 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
                                          config.seed)
     model, tokenizer, source = loaded or load_model(config.model.name, config.model.allow_download,
                                                     config.model.trust_remote_code)
-    jobs = (_jobs(tokenizer, system_prompt, train_q, "train", config.sample.trajectories_per_question)
-            + _jobs(tokenizer, system_prompt, heldout_q, "heldout", config.sample.heldout_trajectories_per_question))
+    train_jobs = build_jobs(tokenizer, system_prompt, train_q, "train", config.sample.trajectories_per_question)
+    heldout_jobs = build_jobs(tokenizer, system_prompt, heldout_q, "heldout",
+                              config.sample.heldout_trajectories_per_question)
+    jobs = train_jobs + heldout_jobs
     prompt_tokens = len(tokenizer(system_prompt, add_special_tokens=False)["input_ids"])
     _check_context(model, jobs, config.sample.max_new_tokens, prompt_tokens)
 
@@ -118,12 +120,16 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     vocab = model.get_output_embeddings().weight.shape[0]
     keep_logits = keep_logits and TeacherCache.fits(len(jobs) * config.sample.max_new_tokens, vocab,
                                                     config.train.teacher_cache_gb)
-    teacher = None
     try:
         start = time.perf_counter()
-        trajectories = sample_trajectories(model, tokenizer, jobs, config.sample, config.seed, progress, keep_logits)
-        if keep_logits:
-            trajectories, teacher = trajectories
+        # Held-out and training samples come from separate seed streams, so the held-out trajectories depend only
+        # on the held-out questions and the seed, not on the training budget: bakes stay comparable.
+        train, train_logits = sample_trajectories(model, tokenizer, train_jobs, config.sample, 2 * config.seed + 1,
+                                                  progress, keep_logits, "sampling (train)")
+        heldout, heldout_logits = sample_trajectories(model, tokenizer, heldout_jobs, config.sample, 2 * config.seed,
+                                                      progress, keep_logits, "sampling (held-out)")
+        trajectories = train + heldout
+        teacher = train_logits + heldout_logits if keep_logits else None
         seconds = time.perf_counter() - start
         write_trajectories(out / runfolder.TRAJECTORIES, trajectories)
     except BaseException as exc:

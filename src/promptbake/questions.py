@@ -41,6 +41,8 @@ def load_questions(source: str) -> list[str]:
         questions = builtin_questions()
     else:
         path = Path(source).expanduser()
+        if path.is_dir():
+            raise UserError(f"question file {path} is a folder; give a .txt (one per line) or .jsonl file")
         if not path.is_file():
             raise UserError(f"question file {path} does not exist; give a .txt (one per line) or .jsonl file")
         try:
@@ -61,7 +63,11 @@ def load_questions(source: str) -> list[str]:
 
 
 def split_questions(questions: list[str], n_train: int, n_heldout: int, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded disjoint train / held-out draw. Held-out questions are never trained on."""
+    """Seeded disjoint train / held-out draw. Held-out questions are never trained on.
+
+    The held-out questions are drawn first, so they depend only on the pool, the seed and n_heldout: bakes with
+    different training budgets are measured on the same held-out set.
+    """
     need = n_train + n_heldout
     if len(questions) < need:
         raise UserError(f"{len(questions)} distinct questions, but the split needs {need} "
@@ -69,6 +75,6 @@ def split_questions(questions: list[str], n_train: int, n_heldout: int, seed: in
                         f"--train-questions / --heldout-questions")
     order = list(range(len(questions)))
     random.Random(seed).shuffle(order)
-    train = [questions[i] for i in order[:n_train]]
-    heldout = [questions[i] for i in order[n_train:need]]
+    heldout = [questions[i] for i in order[:n_heldout]]
+    train = [questions[i] for i in order[n_heldout:need]]
     return train, heldout

@@ -57,15 +57,15 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
 
 
 def sample_trajectories(model, tokenizer, jobs: list[dict], cfg: SampleConfig, seed: int,
-                        progress: bool = True, keep_logits: bool = False):
+                        progress: bool = True, keep_logits: bool = False, desc: str = "sampling"):
     """Sample one trajectory per job.
 
     Args:
         jobs: dicts with question, split, sample_index, teacher_prompt_ids, student_prompt_ids.
         keep_logits: also return the teacher's logits for every sampled token (see generate_batch).
     Returns:
-        Trajectories in the order of `jobs` (each batch is seeded from (seed, batch index) so a run repeats);
-        with keep_logits, (trajectories, logits) where logits[i] is [len(completion_i), V] float32.
+        (trajectories, logits): trajectories in the order of `jobs` (each batch is seeded from (seed, batch index)
+        so a run repeats); logits[i] is [len(completion_i), V] float32 with keep_logits, else logits is None.
     """
     stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
     pad_id = tokenizer.pad_token_id
@@ -74,7 +74,7 @@ def sample_trajectories(model, tokenizer, jobs: list[dict], cfg: SampleConfig, s
     batches = [order[i:i + cfg.sample_batch_size] for i in range(0, len(order), cfg.sample_batch_size)]
     results: dict[int, Trajectory] = {}
     logits: dict[int, torch.Tensor] = {}
-    bar = tqdm(total=len(jobs), desc="sampling", unit="traj", disable=not progress)
+    bar = tqdm(total=len(jobs), desc=desc, unit="traj", disable=not progress)
     for number, batch in enumerate(batches):
         torch.manual_seed(seed * 100_003 + number)
         prompts = [jobs[i]["teacher_prompt_ids"] for i in batch]
@@ -88,4 +88,4 @@ def sample_trajectories(model, tokenizer, jobs: list[dict], cfg: SampleConfig, s
         bar.update(len(batch))
     bar.close()
     trajectories = [results[i] for i in range(len(jobs))]
-    return (trajectories, [logits[i] for i in range(len(jobs))]) if keep_logits else trajectories
+    return trajectories, ([logits[i] for i in range(len(jobs))] if keep_logits else None)
