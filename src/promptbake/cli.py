@@ -81,14 +81,19 @@ def cmd_bake(args: argparse.Namespace) -> int:
     return 0
 
 
+IDENTITY_PROBE = "What is your name?"
+
+
 def _compare(out: Path, count: int) -> None:
     from .baked import load_baked
 
     baked = load_baked(out)
     questions = baked.record["questions"]["heldout"][:count]
-    print(f"\nHeld-out questions (never trained on), sampled at temperature "
-          f"{baked.config.sample.sampling_temperature}:")
-    _print_side_by_side(baked.side_by_side(questions, seed=baked.config.seed))
+    trained = IDENTITY_PROBE in baked.record["questions"]["train"]
+    print(f"\nSide by side, sampled at temperature {baked.config.sample.sampling_temperature}, top_p "
+          f"{baked.config.sample.top_p}: {len(questions)} held-out questions (never trained on), then "
+          f"{IDENTITY_PROBE!r} ({'one of the training questions' if trained else 'not trained on'}).")
+    _print_side_by_side(baked.side_by_side(questions + [IDENTITY_PROBE], seed=baked.config.seed))
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
