@@ -6,6 +6,8 @@ passed explicitly in a fresh GenerationConfig so nothing is inherited from the c
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
@@ -47,8 +49,9 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config,
-                         output_logits=keep_logits, return_dict_in_generate=True)
+    gen_config = copy.deepcopy(gen_config)
+    gen_config.output_logits, gen_config.return_dict_in_generate = keep_logits, True
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config)
     results = [cut_at_stop(row[width:].tolist(), stop_ids) for row in out.sequences]
     if not keep_logits:
         return results
