@@ -81,7 +81,7 @@ def _update_status(run_dir: Path, **changes) -> dict:
 
 
 def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: bool = False, progress: bool = True,
-               loaded=None, keep_logits: bool = False):
+               keep_logits: bool = False):
     """Stage 1: split questions, sample teacher trajectories into `out`.
 
     Returns ((model, tokenizer, source), teacher_logits), the latter a list of [n_i, V] tensors in the order of
@@ -93,8 +93,8 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     questions = load_questions(config.sample.questions)
     train_q, heldout_q = split_questions(questions, config.sample.train_questions, config.sample.heldout_questions,
                                          config.seed)
-    model, tokenizer, source = loaded or load_model(config.model.name, config.model.allow_download,
-                                                    config.model.trust_remote_code)
+    model, tokenizer, source = load_model(config.model.name, config.model.allow_download,
+                                          config.model.trust_remote_code)
     train_jobs = build_jobs(tokenizer, system_prompt, train_q, "train", config.sample.trajectories_per_question)
     heldout_jobs = build_jobs(tokenizer, system_prompt, heldout_q, "heldout",
                               config.sample.heldout_trajectories_per_question)
@@ -194,8 +194,8 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
     metrics.update({
         "heldout_kl_before": kl_before, "heldout_kl_after": kl_after, "closure": closure(kl_before, kl_after),
         "training_seconds": summary["seconds"], "train_and_eval_seconds": total, "steps": summary["steps"],
-        "final_train_loss": summary["final_loss"], "teacher_cached": teacher is not None, "train_trajectories": len(train),
-        "heldout_trajectories": len(heldout), "heldout_tokens": heldout_kl.tokens,
+        "final_train_loss": summary["final_loss"], "teacher_cached": teacher is not None,
+        "train_trajectories": len(train), "heldout_trajectories": len(heldout), "heldout_tokens": heldout_kl.tokens,
     })
     _update_status(out, status="finished", metrics=metrics,
                    finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
