@@ -23,7 +23,7 @@ def test_bake_persona_on_embedded_model(tmp_path):
     record = json.loads((tmp_path / "run" / "bake.json").read_text())
     assert record["status"] == "finished" and record["model"]["kind"] == "embedded"
     assert result.metrics["heldout_kl_before"] > 0.05          # the persona really changes the distribution
-    assert result.closure > 0.3, result.metrics
+    assert result.closure > 0.3, result.metrics     # measured 0.354 (seeded; 6 steps of 8 trajectories)
     # The saved adapter, reloaded from disk, reproduces the closure measured at the end of training.
     baked = promptbake.load_baked(tmp_path / "run")
     heldout = [t for t in read_trajectories(tmp_path / "run" / "trajectories.jsonl") if t.split == "heldout"]
