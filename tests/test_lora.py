@@ -83,6 +83,8 @@ def test_training_changes_only_lora_parameters_and_lowers_kl(tiny, tmp_path):
     assert summary["steps"] == 16
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-12", "step-16", "step-4", "step-8"]
     assert [point["step"] for point in summary["heldout_curve"]] == [0, 4, 8, 12, 16]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records[1:4]] == [1e-2] * 3  # no warm-up: every step uses the peak rate
 
 
 def test_training_is_reproducible_from_the_seed(tiny_model_dir, tmp_path):
@@ -114,3 +116,12 @@ def test_cached_teacher_trains_the_same_adapter_as_a_teacher_pass_per_step(tiny_
     (losses_a, weights_a), (losses_b, weights_b) = results
     assert losses_a == pytest.approx(losses_b, rel=1e-5)
     assert all(torch.allclose(weights_a[n], weights_b[n], atol=1e-6) for n in weights_a)
+
+
+def test_learning_rate_warms_up_then_holds_or_decays():
+    from promptbake.train import _lr_factor
+
+    assert [_lr_factor(s, 4, 10, "constant") for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cosine = [_lr_factor(s, 2, 10, "cosine") for s in range(10)]
+    assert cosine[:3] == [0.5, 1.0, 1.0] and cosine[-1] < 0.05
+    assert all(a >= b for a, b in zip(cosine[1:], cosine[2:]))

@@ -102,12 +102,13 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
                 raise UserError(f"training loss became {loss} at step {step + 1}; lower --learning-rate "
                                 f"(now {cfg.learning_rate}) and bake again")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+            lr = scheduler.get_last_lr()[0]   # the rate this step uses
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             seconds = time.perf_counter() - step_start
-            record = {"step": step, "epoch": epoch + 1, "loss": loss, "lr": scheduler.get_last_lr()[0],
+            record = {"step": step, "epoch": epoch + 1, "loss": loss, "lr": lr,
                       "grad_norm": float(grad_norm), "tokens": seen, "tokens_per_s": seen / seconds}
             if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == total_steps):
                 save_adapter(model, run_dir / runfolder.CHECKPOINTS / f"step-{step}")
