@@ -147,3 +147,63 @@ def test_heldout_trajectories_do_not_depend_on_the_training_budget(baked_run, ti
     heldout = [line for line in (out / "trajectories.jsonl").read_text().splitlines() if '"heldout"' in line]
     assert heldout and heldout == [line for line in (baked_run / "trajectories.jsonl").read_text().splitlines()
                                    if '"heldout"' in line]
+
+
+def test_strength_scales_the_adapter_from_base_to_bake(baked_run):
+    import torch
+
+    from promptbake import load_baked
+    from promptbake.data import collate, read_trajectories
+    from promptbake.logits import adapter_disabled, completion_logits
+
+    baked = load_baked(baked_run)
+    batch = collate(read_trajectories(baked_run / "trajectories.jsonl")[:3], baked.tokenizer.pad_token_id)
+    with torch.no_grad():
+        full = completion_logits(baked.model, batch, "student")
+        with adapter_disabled(baked.model):
+            base = completion_logits(baked.model, batch, "student")
+        half = completion_logits(baked.with_strength(0.5).model, batch, "student")
+        zero = completion_logits(baked.with_strength(0).model, batch, "student")
+        again = completion_logits(baked.with_strength(1).model, batch, "student")
+    assert torch.allclose(zero, base, atol=1e-5) and torch.equal(again, full)
+    assert not torch.allclose(half, full, atol=1e-4) and not torch.allclose(half, base, atol=1e-4)
+    assert (half - base).abs().mean() < (full - base).abs().mean()
+
+
+def test_merged_model_loads_with_plain_transformers_and_matches_the_bake(baked_run, tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from promptbake import load_baked
+    from promptbake.data import collate, read_trajectories
+    from promptbake.logits import completion_logits
+
+    out = tmp_path / "merged"
+    assert main(["merge", str(baked_run), "--out", str(out)]) == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json", "promptbake_merge.json"} <= {
+        p.name for p in out.iterdir()}
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    baked = load_baked(baked_run)
+    batch = collate(read_trajectories(baked_run / "trajectories.jsonl")[:3], baked.tokenizer.pad_token_id)
+    with torch.no_grad():
+        difference = (completion_logits(merged, batch, "student")
+                      - completion_logits(baked.model, batch, "student")).abs().max()
+    assert difference < 1e-4
+    assert main(["merge", str(baked_run), "--out", str(out)]) == 2
+    assert "already holds a merged model" in capsys.readouterr().err
+    assert main(["merge", str(baked_run), "--out", str(out), "--overwrite", "--strength", "0.5"]) == 0
+
+
+@pytest.mark.parametrize("strength, message", [("-1", "finite number >= 0"), ("abc", "must be a number"),
+                                               ("nan", "finite number >= 0")])
+def test_bad_strength_is_one_line_exit_2(baked_run, capsys, strength, message):
+    assert main(["generate", str(baked_run), "--question", "hi", "--strength", strength]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_merge_never_replaces_a_folder_it_did_not_write(baked_run, tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep")
+    assert main(["merge", str(baked_run), "--out", str(tmp_path), "--overwrite"]) == 2
+    assert "not a merged model from promptbake" in capsys.readouterr().err
+    assert (tmp_path / "mine.txt").read_text() == "keep"

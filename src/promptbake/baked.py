@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from . import runfolder
-from .config import SampleConfig, config_from_dict
+from .config import SampleConfig, check_strength, config_from_dict
 from .errors import UserError
 from .logits import adapter_disabled
 from .models import load_model
@@ -40,6 +40,22 @@ class BakedModel:
         self.model = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True)
         self.model.eval()
         self.stop_ids = stop_token_ids(self.tokenizer, base.generation_config)
+        self.checkpoint = checkpoint
+        self.strength = 1.0
+
+    def with_strength(self, strength: float) -> "BakedModel":
+        """Scale the adapter in place and return self: 0 is the base model, 1 the bake, > 1 extrapolates.
+
+        Uses peft's own per-layer scale (LoraLayer.set_scale: scaling = strength · lora_alpha / r).
+        """
+        from peft.tuners.lora import LoraLayer
+
+        strength = check_strength(strength)
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer):
+                module.set_scale(self.model.active_adapter, strength)
+        self.strength = strength
+        return self
 
     def checkpoints(self) -> list[str]:
         folder = self.run_dir / runfolder.CHECKPOINTS
@@ -82,6 +98,7 @@ class BakedModel:
                 for q, a, b, c in zip(questions, base, prompted, baked)]
 
 
-def load_baked(run_dir: str | Path, checkpoint: str | None = None) -> BakedModel:
-    """Load the baked model of a run folder (its final adapter, or `checkpoint` like 'step-8')."""
-    return BakedModel(run_dir, checkpoint)
+def load_baked(run_dir: str | Path, checkpoint: str | None = None, strength: float = 1.0) -> BakedModel:
+    """Load the baked model of a run folder (its final adapter, or `checkpoint` like 'step-8'), scaled by strength."""
+    baked = BakedModel(run_dir, checkpoint)
+    return baked.with_strength(strength) if float(strength) != 1.0 else baked

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .config import BakeConfig, SampleConfig, TrainConfig, load_config, override
+from .config import BakeConfig, SampleConfig, TrainConfig, check_strength, load_config, override
 from .errors import UserError
 
 DEFAULT_OUT = "runs/bake"
@@ -118,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .baked import load_baked
 
-    baked = load_baked(args.dir, args.checkpoint)
+    baked = load_baked(args.dir, args.checkpoint, check_strength(args.strength))
     replies = baked.generate([args.question] * args.samples, reprompt=args.reprompt, adapter=not args.base,
                              temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
     if args.json:
@@ -132,7 +132,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from .baked import load_baked
 
-    baked = load_baked(args.dir, args.checkpoint)
+    baked = load_baked(args.dir, args.checkpoint, check_strength(args.strength))
     print("promptbake chat: type a message; /reset starts over, /quit (or Ctrl-D) leaves.", flush=True)
     messages: list[dict] = []
     turn = 0
@@ -155,6 +155,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
         turn += 1
         messages.append({"role": "assistant", "content": reply})
         print(f"model> {reply}", flush=True)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_run
+
+    out = merge_run(args.dir, args.out, args.checkpoint, check_strength(args.strength), args.overwrite)
+    print(f"merged model written to {out}; load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,10 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help="print JSON")
         sub.add_argument("--reprompt", action="store_true", help="add the baked system prompt back (baked + u)")
         sub.add_argument("--checkpoint", default=None, help="use checkpoints/step-N instead of the final adapter")
+        sub.add_argument("--strength", default="1", metavar="A",
+                         help="adapter scale: 0 = base model, 1 = the bake (default), > 1 extrapolates")
         sub.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: bake's)")
         sub.add_argument("--max-new-tokens", type=int, default=None, help="reply length limit (default: bake's)")
         sub.add_argument("--seed", type=int, default=0, help="sampling seed")
         sub.set_defaults(func=func)
+
+    merge_p = verbs.add_parser("merge", help="merge the adapter into the weights: a plain transformers model folder")
+    merge_p.add_argument("dir", help="run folder of a finished bake")
+    merge_p.add_argument("--out", required=True, help="folder for the merged model (safetensors + tokenizer)")
+    merge_p.add_argument("--checkpoint", default=None, help="merge checkpoints/step-N instead of the final adapter")
+    merge_p.add_argument("--strength", default="1", metavar="A", help="adapter scale to merge (default 1)")
+    merge_p.add_argument("--overwrite", action="store_true", help="replace a merged model previously written to --out")
+    merge_p.set_defaults(func=cmd_merge)
     return parser
 
 

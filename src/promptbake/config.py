@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,17 @@ def override(config: BakeConfig, dotted: dict[str, Any]) -> BakeConfig:
         else:
             data[key] = value
     return config_from_dict(data, where="command line")
+
+
+def check_strength(strength) -> float:
+    """A strength is a finite number >= 0 (a string from the command line is parsed here, for a one-line error)."""
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise UserError(f"--strength must be a number >= 0 (got {strength!r}); 0 = base model, 1 = the bake") from None
+    if not math.isfinite(value) or value < 0:
+        raise UserError(f"--strength must be a finite number >= 0 (got {strength!r}); 0 = base model, 1 = the bake")
+    return value
 
 
 def save_config(config: BakeConfig, path: Path) -> None:
