@@ -207,3 +207,35 @@ def test_merge_never_replaces_a_folder_it_did_not_write(baked_run, tmp_path, cap
     assert main(["merge", str(baked_run), "--out", str(tmp_path), "--overwrite"]) == 2
     assert "not a merged model from promptbake" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "keep"
+
+
+def test_config_file_with_flag_overrides_is_saved_resolved(tiny_model_dir, tmp_path):
+    import yaml
+
+    (tmp_path / "c.yaml").write_text("train:\n  epochs: 3\n  learning_rate: 0.005\nsample:\n  max_new_tokens: 5\n")
+    out = tmp_path / "run"
+    assert main(["bake", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), "--compare", "0",
+                 "--config", str(tmp_path / "c.yaml"), *SMALL, "--epochs", "1", "--batch-size", "4"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 1 and saved["train"]["learning_rate"] == 0.005   # flag wins, file kept
+    assert saved["sample"]["max_new_tokens"] == 6                                          # SMALL's flag wins
+    assert json.loads((out / "bake.json").read_text())["config"] == saved
+
+
+def test_bake_a_base_model_without_chat_template(tiny_model_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model_dir = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(model_dir)
+    assert AutoTokenizer.from_pretrained(model_dir).chat_template is None
+    out = tmp_path / "run"
+    assert main(["bake", "--prompt", PERSONA, "--model", str(model_dir), "--out", str(out), "--compare", "1",
+                 *SMALL, *TRAIN_SMALL]) == 0
+    record = json.loads((out / "bake.json").read_text())
+    assert record["framing"]["kind"] == "plain_prefix" and record["framing"]["teacher_example"].startswith(PERSONA)
