@@ -239,3 +239,39 @@ def test_bake_a_base_model_without_chat_template(tiny_model_dir, tmp_path):
                  *SMALL, *TRAIN_SMALL]) == 0
     record = json.loads((out / "bake.json").read_text())
     assert record["framing"]["kind"] == "plain_prefix" and record["framing"]["teacher_example"].startswith(PERSONA)
+
+
+def test_eval_kl_reports_four_conditions_consistent_with_the_bake(baked_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(baked_run, run)
+    assert main(["eval", str(run), "--suite", "kl"]) == 0
+    assert main(["eval", str(run), "--checkpoint", "step-1", "--strength", "0.5"]) == 0
+    record = json.loads((run / "eval.json").read_text())
+    assert sorted(record) == ["final@strength=1", "step-1@strength=0.5"]
+    kl = record["final@strength=1"]["kl"]
+    metrics = json.loads((run / "bake.json").read_text())["metrics"]
+    assert kl["conditions"]["base"]["kl"] == pytest.approx(metrics["heldout_kl_before"], rel=1e-4)
+    assert kl["conditions"]["baked"]["kl"] == pytest.approx(metrics["heldout_kl_after"], rel=1e-4)
+    assert kl["closure"] == pytest.approx(metrics["closure"], rel=1e-3)
+    assert kl["conditions"]["base+prompt"]["kl"] == 0.0
+    assert kl["conditions"]["baked+prompt"]["kl"] > 0
+    per_position = kl["conditions"]["base"]["per_position"]
+    assert len(per_position) == 6 and all(v is None or v >= 0 for v in per_position)
+    assert "baked+prompt" in capsys.readouterr().out
+
+
+def test_eval_bad_input(baked_run, tmp_path, capsys):
+    import shutil
+
+    no_adapter = tmp_path / "no-adapter"
+    shutil.copytree(baked_run, no_adapter)
+    shutil.rmtree(no_adapter / "adapter")
+    for argv, message in ((["eval", str(baked_run), "--suite", "kl,vibes"], "unknown suite vibes"),
+                          (["eval", str(baked_run), "--checkpoint", "step-7"], "no checkpoint 'step-7'"),
+                          (["eval", str(no_adapter)], "has no adapter"),
+                          (["eval", str(tmp_path)], "not a promptbake run folder")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len([line for line in err if "promptbake: error" in line]) == 1 and message in err[-1], (argv, err)

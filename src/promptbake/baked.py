@@ -30,7 +30,7 @@ class BakedModel:
         adapter_dir = (self.run_dir / runfolder.CHECKPOINTS / checkpoint) if checkpoint else (
             self.run_dir / runfolder.ADAPTER)
         if not (adapter_dir / "adapter_model.safetensors").is_file():
-            what = f"checkpoint {checkpoint!r}" if checkpoint else "an adapter"
+            what = f"checkpoint {checkpoint!r}" if checkpoint else "adapter"
             raise UserError(f"{self.run_dir} has no {what} ({adapter_dir} is missing); finish the bake or pick "
                             f"one of: {', '.join(self.checkpoints()) or 'no checkpoints saved'}")
         self.config = config_from_dict(self.record["config"], where=str(self.run_dir / runfolder.BAKE_JSON))

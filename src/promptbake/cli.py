@@ -157,6 +157,27 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print(f"model> {reply}", flush=True)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.evaluate import evaluate, parse_suites
+
+    suites = parse_suites(args.suite)
+    result = evaluate(args.dir, suites, check_strength(args.strength), args.checkpoint)
+    for key, found in result.items():
+        if "kl" in found:
+            kl = found["kl"]
+            print(f"held-out KL(teacher ‖ condition) per token, {key}, {kl['heldout_tokens']} tokens of "
+                  f"{kl['heldout_trajectories']} trajectories; closure {kl['closure']:.3f}")
+            print(f"  {'condition':<14}{'all tokens':>12}{'first ' + str(kl['first_tokens']):>12}{'later':>10}")
+            for name in ("base", "base+prompt", "baked", "baked+prompt"):
+                row = kl["conditions"][name]
+                if "per_position" not in row:
+                    print(f"  {name:<14}{row['kl']:>12.4f}   ({row['note']})")
+                    continue
+                print(f"  {name:<14}{row['kl']:>12.4f}{row['kl_first_tokens']:>12.4f}{row['kl_later_tokens']:>10.4f}")
+    print(f"results merged into {Path(args.dir) / 'eval.json'}")
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from .merge import merge_run
 
@@ -213,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--max-new-tokens", type=int, default=None, help="reply length limit (default: bake's)")
         sub.add_argument("--seed", type=int, default=0, help="sampling seed")
         sub.set_defaults(func=func)
+
+    eval_p = verbs.add_parser("eval", help="evaluate a bake; results go to DIR/eval.json")
+    eval_p.add_argument("dir", help="run folder of a finished bake")
+    eval_p.add_argument("--suite", default="kl", help="comma-separated suites (available: kl)")
+    eval_p.add_argument("--checkpoint", default=None, help="evaluate checkpoints/step-N instead of the final adapter")
+    eval_p.add_argument("--strength", default="1", metavar="A", help="adapter scale (default 1)")
+    eval_p.set_defaults(func=cmd_eval)
 
     merge_p = verbs.add_parser("merge", help="merge the adapter into the weights: a plain transformers model folder")
     merge_p.add_argument("dir", help="run folder of a finished bake")

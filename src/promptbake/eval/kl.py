@@ -1,11 +1,13 @@
 """Held-out KL between the teacher and a condition, and the closure metric of DESIGN.md."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ..data import Trajectory, collate, micro_batches
 from ..logits import TeacherCache, adapter_disabled, completion_logits
-from ..losses import masked_sum, per_token_kl
+from ..losses import per_token_kl
 
 
 def closure(kl_base: float, kl_baked: float) -> float:
@@ -29,17 +31,26 @@ class HeldoutKL:
         self.tokens = sum(int(b["completion_mask"].sum()) for b in self.batches)
 
     @torch.no_grad()
-    def measure(self, model, adapter: bool = True) -> float:
-        """Mean per-token forward KL over all held-out completion tokens; adapter=False measures the base."""
+    def per_position(self, model, adapter: bool = True, side: str = "student") -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed KL(teacher ‖ condition) and token counts at each completion position: ([C_max], [C_max]).
+
+        adapter=False is the base model; side="teacher" gives the condition its system prompt back (re-prompting).
+        """
         was_training = model.training
         model.eval()
-        total = 0.0
+        width = max(b["completion_mask"].shape[1] for b in self.batches)
+        sums, counts = torch.zeros(width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64)
         for batch, teacher in zip(self.batches, self.teacher):
-            if adapter:
-                student = completion_logits(model, batch, "student")
-            else:
-                with adapter_disabled(model):
-                    student = completion_logits(model, batch, "student")
-            total += float(masked_sum(per_token_kl(teacher, student, "forward"), batch["completion_mask"]))
+            with adapter_disabled(model) if not adapter else contextlib.nullcontext():
+                logits = completion_logits(model, batch, side)
+            mask = batch["completion_mask"]
+            kl = torch.where(mask.bool(), per_token_kl(teacher, logits, "forward"), torch.zeros(()))   # [B, C]
+            sums[: mask.shape[1]] += kl.sum(0).double()
+            counts[: mask.shape[1]] += mask.sum(0).double()
         model.train(was_training)
-        return total / max(self.tokens, 1)
+        return sums, counts
+
+    def measure(self, model, adapter: bool = True, side: str = "student") -> float:
+        """Mean per-token forward KL over all held-out completion tokens; adapter=False measures the base."""
+        sums, counts = self.per_position(model, adapter, side)
+        return float(sums.sum() / counts.sum().clamp(min=1))
