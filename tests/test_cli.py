@@ -275,3 +275,29 @@ def test_eval_bad_input(baked_run, tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len([line for line in err if "promptbake: error" in line]) == 1 and message in err[-1], (argv, err)
+
+
+def test_a_live_lock_stops_a_second_writer_and_a_stale_one_is_taken_over(tiny_model_dir, tmp_path, capsys):
+    import os
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    (out / ".lock").write_text(str(os.getppid()))      # a live process holds it
+    argv = ["sample", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), *SMALL]
+    assert main(argv) == 2
+    assert f"another promptbake process (pid {os.getppid()})" in capsys.readouterr().err
+    (out / ".lock").write_text("999999999")            # its writer is gone
+    assert main(argv) == 0
+    assert not (out / ".lock").exists() and (out / "trajectories.jsonl").is_file()
+
+
+def test_a_truncated_last_trajectory_line_is_dropped_with_a_warning(baked_run, tmp_path, capsys):
+    from promptbake.data import read_trajectories
+
+    text = (baked_run / "trajectories.jsonl").read_text()
+    (tmp_path / "t.jsonl").write_text(text[:-20])
+    assert len(read_trajectories(tmp_path / "t.jsonl")) == len(text.splitlines()) - 1
+    assert "is truncated; dropping" in capsys.readouterr().err
+    (tmp_path / "m.jsonl").write_text(text.replace("\n", "\n{broken\n", 1))
+    with pytest.raises(Exception, match="m.jsonl:2 is not a trajectory record"):
+        read_trajectories(tmp_path / "m.jsonl")

@@ -102,44 +102,45 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     prompt_tokens = len(tokenizer(system_prompt, add_special_tokens=False)["input_ids"])
     _check_context(model, jobs, config.sample.max_new_tokens, prompt_tokens)
 
-    runfolder.prepare_out_dir(out, overwrite)
-    runfolder.atomic_write_text(out / runfolder.SYSTEM_PROMPT, system_prompt)
-    save_config(config, out / runfolder.CONFIG_YAML)
-    runfolder.atomic_write_json(out / runfolder.BAKE_JSON, {
-        "status": "sampling",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": vars(source),
-        "system_prompt": system_prompt,
-        "system_prompt_tokens": prompt_tokens,
-        "framing": describe_framing(tokenizer, system_prompt),
-        "seed": config.seed,
-        "config": config.to_dict(),
-        "questions": {"source": config.sample.questions, "train": train_q, "heldout": heldout_q},
-        "versions": _versions(),
-    })
-    vocab = model.get_output_embeddings().weight.shape[0]
-    keep_logits = keep_logits and TeacherCache.fits(len(jobs) * config.sample.max_new_tokens, vocab,
-                                                    config.train.teacher_cache_gb)
-    try:
-        start = time.perf_counter()
-        # Held-out and training samples come from separate seed streams, so the held-out trajectories depend only
-        # on the held-out questions and the seed, not on the training budget: bakes stay comparable.
-        train, train_logits = sample_trajectories(model, tokenizer, train_jobs, config.sample, 2 * config.seed + 1,
-                                                  progress, keep_logits, "sampling (train)")
-        heldout, heldout_logits = sample_trajectories(model, tokenizer, heldout_jobs, config.sample, 2 * config.seed,
-                                                      progress, keep_logits, "sampling (held-out)")
-        trajectories = train + heldout
-        teacher = train_logits + heldout_logits if keep_logits else None
-        seconds = time.perf_counter() - start
-        write_trajectories(out / runfolder.TRAJECTORIES, trajectories)
-    except BaseException as exc:
-        _update_status(out, status="failed", error=f"sampling: {exc!r}")
-        raise
-    new_tokens = sum(len(t.completion_ids) for t in trajectories)
-    _update_status(out, status="sampled", metrics={
-        "sampling_seconds": seconds, "sampled_tokens": new_tokens, "sampling_tokens_per_s": new_tokens / seconds,
-        "unfinished_trajectories": sum(not t.finished for t in trajectories)})
-    return (model, tokenizer, source), teacher
+    with runfolder.run_lock(out):
+        runfolder.prepare_out_dir(out, overwrite)
+        runfolder.atomic_write_text(out / runfolder.SYSTEM_PROMPT, system_prompt)
+        save_config(config, out / runfolder.CONFIG_YAML)
+        runfolder.atomic_write_json(out / runfolder.BAKE_JSON, {
+            "status": "sampling",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": vars(source),
+            "system_prompt": system_prompt,
+            "system_prompt_tokens": prompt_tokens,
+            "framing": describe_framing(tokenizer, system_prompt),
+            "seed": config.seed,
+            "config": config.to_dict(),
+            "questions": {"source": config.sample.questions, "train": train_q, "heldout": heldout_q},
+            "versions": _versions(),
+        })
+        vocab = model.get_output_embeddings().weight.shape[0]
+        keep_logits = keep_logits and TeacherCache.fits(len(jobs) * config.sample.max_new_tokens, vocab,
+                                                        config.train.teacher_cache_gb)
+        try:
+            start = time.perf_counter()
+            # Held-out and training samples come from separate seed streams, so the held-out trajectories depend only
+            # on the held-out questions and the seed, not on the training budget: bakes stay comparable.
+            train, train_logits = sample_trajectories(model, tokenizer, train_jobs, config.sample, 2 * config.seed + 1,
+                                                      progress, keep_logits, "sampling (train)")
+            heldout, heldout_logits = sample_trajectories(model, tokenizer, heldout_jobs, config.sample, 2 * config.seed,
+                                                          progress, keep_logits, "sampling (held-out)")
+            trajectories = train + heldout
+            teacher = train_logits + heldout_logits if keep_logits else None
+            seconds = time.perf_counter() - start
+            write_trajectories(out / runfolder.TRAJECTORIES, trajectories)
+        except BaseException as exc:
+            _update_status(out, status="failed", error=f"sampling: {exc!r}")
+            raise
+        new_tokens = sum(len(t.completion_ids) for t in trajectories)
+        _update_status(out, status="sampled", metrics={
+            "sampling_seconds": seconds, "sampled_tokens": new_tokens, "sampling_tokens_per_s": new_tokens / seconds,
+            "unfinished_trajectories": sum(not t.finished for t in trajectories)})
+        return (model, tokenizer, source), teacher
 
 
 def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = False, progress: bool = True,
@@ -161,45 +162,46 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
     if not train or not heldout:
         raise UserError(f"{out}/{runfolder.TRAJECTORIES} needs both train and held-out trajectories "
                         f"(has {len(train)} train, {len(heldout)} held-out); sample again")
-    (out / runfolder.METRICS).unlink(missing_ok=True)
-    for stale in (out / runfolder.ADAPTER, out / runfolder.CHECKPOINTS):
-        shutil.rmtree(stale, ignore_errors=True)
-    save_config(config, out / runfolder.CONFIG_YAML)
-    _update_status(out, status="training", config=config.to_dict())
-    try:
-        model, tokenizer, _ = loaded or load_model(config.model.name, config.model.allow_download,
-                                                   config.model.trust_remote_code)
-        model = add_lora(model, config.train, config.seed)
-        pad_id = tokenizer.pad_token_id
-        start = time.perf_counter()
-        budget = config.train.micro_batch_tokens
-        tokens = sum(len(t.completion_ids) for t in trajectories)
-        vocab = model.get_output_embeddings().weight.shape[0]
-        if teacher is None and TeacherCache.fits(tokens, vocab, config.train.teacher_cache_gb):
-            teacher = TeacherCache.compute(model, trajectories, pad_id, budget).logits
-        train_cache = TeacherCache([teacher[i] for i in train_idx]) if teacher else None
-        heldout_cache = TeacherCache([teacher[i] for i in heldout_idx]) if teacher else None
-        heldout_kl = HeldoutKL(model, heldout, pad_id, budget, heldout_cache)
-        summary = train_adapter(model, train, config.train, pad_id, config.seed, out, heldout_kl, progress,
-                                train_cache)
-        save_adapter(model, out / runfolder.ADAPTER)
-        curve = summary["heldout_curve"]   # starts at step 0, the fresh adapter (B = 0), i.e. the base model
-        kl_before = curve[0]["heldout_kl"]
-        kl_after = curve[-1]["heldout_kl"] if curve[-1]["step"] == summary["steps"] else heldout_kl.measure(model)
-        total = time.perf_counter() - start
-    except BaseException as exc:
-        _update_status(out, status="failed", error=f"training: {exc!r}")
-        raise
-    metrics = dict(record.get("metrics", {}))
-    metrics.update({
-        "heldout_kl_before": kl_before, "heldout_kl_after": kl_after, "closure": closure(kl_before, kl_after),
-        "training_seconds": summary["seconds"], "train_and_eval_seconds": total, "steps": summary["steps"],
-        "final_train_loss": summary["final_loss"], "teacher_cached": teacher is not None,
-        "train_trajectories": len(train), "heldout_trajectories": len(heldout), "heldout_tokens": heldout_kl.tokens,
-    })
-    _update_status(out, status="finished", metrics=metrics,
-                   finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    return BakeResult(out=out, metrics=metrics, heldout_curve=summary["heldout_curve"])
+    with runfolder.run_lock(out):
+        (out / runfolder.METRICS).unlink(missing_ok=True)
+        for stale in (out / runfolder.ADAPTER, out / runfolder.CHECKPOINTS):
+            shutil.rmtree(stale, ignore_errors=True)
+        save_config(config, out / runfolder.CONFIG_YAML)
+        _update_status(out, status="training", config=config.to_dict())
+        try:
+            model, tokenizer, _ = loaded or load_model(config.model.name, config.model.allow_download,
+                                                       config.model.trust_remote_code)
+            model = add_lora(model, config.train, config.seed)
+            pad_id = tokenizer.pad_token_id
+            start = time.perf_counter()
+            budget = config.train.micro_batch_tokens
+            tokens = sum(len(t.completion_ids) for t in trajectories)
+            vocab = model.get_output_embeddings().weight.shape[0]
+            if teacher is None and TeacherCache.fits(tokens, vocab, config.train.teacher_cache_gb):
+                teacher = TeacherCache.compute(model, trajectories, pad_id, budget).logits
+            train_cache = TeacherCache([teacher[i] for i in train_idx]) if teacher else None
+            heldout_cache = TeacherCache([teacher[i] for i in heldout_idx]) if teacher else None
+            heldout_kl = HeldoutKL(model, heldout, pad_id, budget, heldout_cache)
+            summary = train_adapter(model, train, config.train, pad_id, config.seed, out, heldout_kl, progress,
+                                    train_cache)
+            save_adapter(model, out / runfolder.ADAPTER)
+            curve = summary["heldout_curve"]   # starts at step 0, the fresh adapter (B = 0), i.e. the base model
+            kl_before = curve[0]["heldout_kl"]
+            kl_after = curve[-1]["heldout_kl"] if curve[-1]["step"] == summary["steps"] else heldout_kl.measure(model)
+            total = time.perf_counter() - start
+        except BaseException as exc:
+            _update_status(out, status="failed", error=f"training: {exc!r}")
+            raise
+        metrics = dict(record.get("metrics", {}))
+        metrics.update({
+            "heldout_kl_before": kl_before, "heldout_kl_after": kl_after, "closure": closure(kl_before, kl_after),
+            "training_seconds": summary["seconds"], "train_and_eval_seconds": total, "steps": summary["steps"],
+            "final_train_loss": summary["final_loss"], "teacher_cached": teacher is not None,
+            "train_trajectories": len(train), "heldout_trajectories": len(heldout), "heldout_tokens": heldout_kl.tokens,
+        })
+        _update_status(out, status="finished", metrics=metrics,
+                       finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return BakeResult(out=out, metrics=metrics, heldout_curve=summary["heldout_curve"])
 
 
 def bake(system_prompt: str, out: str | Path = "runs/bake", config: BakeConfig | None = None,

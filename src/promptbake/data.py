@@ -8,6 +8,7 @@ is supervised once, and teacher and student select identical targets whatever th
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -38,8 +39,10 @@ def read_trajectories(path: Path) -> list[Trajectory]:
     if not path.is_file():
         raise UserError(f"{path} does not exist; run `promptbake sample` first")
     names = {f.name for f in fields(Trajectory)}
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
     out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -48,6 +51,9 @@ def read_trajectories(path: Path) -> list[Trajectory]:
                 raise ValueError(f"fields {sorted(record)} are not {sorted(names)}")
             out.append(Trajectory(**record))
         except (ValueError, TypeError) as exc:
+            if number == len(lines) and not text.endswith("\n"):   # a write cut off mid-line (power cut)
+                print(f"promptbake: warning: {path}:{number} is truncated; dropping that trajectory", file=sys.stderr)
+                continue
             raise UserError(f"{path}:{number} is not a trajectory record ({exc})") from None
     if not out:
         raise UserError(f"{path} holds no trajectories")

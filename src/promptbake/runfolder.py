@@ -1,6 +1,7 @@
 """The run folder contract (DESIGN.md "The run folder"): paths, atomic writes, and the no-silent-overwrite rule."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+
+LOCK = ".lock"
 
 BAKE_JSON = "bake.json"
 SYSTEM_PROMPT = "system_prompt.txt"
@@ -82,7 +85,7 @@ def check_out_dir(out: Path, overwrite: bool) -> bool:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; choose another --out")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not any(p.name != LOCK for p in out.iterdir()):
         return False
     if not (out / BAKE_JSON).exists():
         raise UserError(f"--out {out} is a non-empty folder that is not a promptbake run; choose a new or empty folder")
@@ -103,3 +106,43 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
         (out / name).unlink(missing_ok=True)
     for name in (ADAPTER, CHECKPOINTS):
         shutil.rmtree(out / name, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold DIR/.lock (our pid) while writing a run folder; a second writer gets a clear error.
+
+    A lock left by a process that no longer exists (killed) is taken over.
+    """
+    path = Path(run_dir) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and _alive(holder):
+                raise UserError(f"another promptbake process (pid {holder}) is writing {run_dir}; wait for it or "
+                                f"stop it") from None
+            path.unlink(missing_ok=True)   # stale: its writer is gone
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
