@@ -301,3 +301,34 @@ def test_a_truncated_last_trajectory_line_is_dropped_with_a_warning(baked_run, t
     (tmp_path / "m.jsonl").write_text(text.replace("\n", "\n{broken\n", 1))
     with pytest.raises(Exception, match="m.jsonl:2 is not a trajectory record"):
         read_trajectories(tmp_path / "m.jsonl")
+
+
+def test_sequential_bake_on_a_previous_bake(baked_run, tiny_model_dir, tmp_path, capsys):
+    import torch
+    from peft import PeftModel
+
+    from promptbake import load_baked
+    from promptbake.data import collate, read_trajectories
+    from promptbake.logits import completion_logits
+    from promptbake.models import load_model
+
+    second = tmp_path / "second"
+    assert main(["bake", "--prompt", "You only answer in French.", "--on", str(baked_run), "--out", str(second),
+                 "--compare", "0", *SMALL, *TRAIN_SMALL]) == 0
+    record = json.loads((second / "bake.json").read_text())
+    assert record["config"]["model"]["on"] == str(baked_run.resolve())
+    assert record["config"]["model"]["name"] == str(tiny_model_dir)      # inherited from the first bake
+    # The reloaded sequential bake is: base, first adapter merged, second adapter on top.
+    base, tokenizer, _ = load_model(str(tiny_model_dir))
+    first = PeftModel.from_pretrained(base, str(baked_run / "adapter")).merge_and_unload()
+    manual = PeftModel.from_pretrained(first, str(second / "adapter"))
+    batch = collate(read_trajectories(second / "trajectories.jsonl")[:3], tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = completion_logits(manual, batch, "student")
+        assert torch.allclose(completion_logits(load_baked(second).model, batch, "student"), expected, atol=1e-5)
+    # Bad input: an unfinished or missing previous bake, and a different base model.
+    assert main(["bake", "--prompt", "x", "--on", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a promptbake run folder" in capsys.readouterr().err
+    assert main(["bake", "--prompt", "x", "--on", str(baked_run), "--model", "smollm2-135m",
+                 "--out", str(tmp_path / "o"), *SMALL]) == 2
+    assert "was baked on model" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from .data import read_trajectories, write_trajectories
 from .errors import UserError
 from .eval.kl import HeldoutKL, closure
 from .logits import TeacherCache
-from .models import load_model
+from .base import load_base
 from .prompts import describe_framing, student_prompt_ids, teacher_prompt_ids
 from .questions import load_questions, split_questions
 from .sampling import sample_trajectories
@@ -93,8 +93,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     questions = load_questions(config.sample.questions)
     train_q, heldout_q = split_questions(questions, config.sample.train_questions, config.sample.heldout_questions,
                                          config.seed)
-    model, tokenizer, source = load_model(config.model.name, config.model.allow_download,
-                                          config.model.trust_remote_code)
+    model, tokenizer, source = load_base(config)
     train_jobs = build_jobs(tokenizer, system_prompt, train_q, "train", config.sample.trajectories_per_question)
     heldout_jobs = build_jobs(tokenizer, system_prompt, heldout_q, "heldout",
                               config.sample.heldout_trajectories_per_question)
@@ -169,8 +168,7 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
         save_config(config, out / runfolder.CONFIG_YAML)
         _update_status(out, status="training", config=config.to_dict())
         try:
-            model, tokenizer, _ = loaded or load_model(config.model.name, config.model.allow_download,
-                                                       config.model.trust_remote_code)
+            model, tokenizer, _ = loaded or load_base(config)
             model = add_lora(model, config.train, config.seed)
             pad_id = tokenizer.pad_token_id
             start = time.perf_counter()

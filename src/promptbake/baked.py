@@ -10,7 +10,7 @@ from . import runfolder
 from .config import SampleConfig, check_strength, config_from_dict
 from .errors import UserError
 from .logits import adapter_disabled
-from .models import load_model
+from .base import load_base
 from .prompts import prompt_ids, stop_token_ids
 from .sampling import generate_batch, generation_config
 
@@ -35,8 +35,7 @@ class BakedModel:
                             f"one of: {', '.join(self.checkpoints()) or 'no checkpoints saved'}")
         self.config = config_from_dict(self.record["config"], where=str(self.run_dir / runfolder.BAKE_JSON))
         self.system_prompt = self.record["system_prompt"]
-        base, self.tokenizer, self.source = load_model(self.config.model.name, self.config.model.allow_download,
-                                                       self.config.model.trust_remote_code)
+        base, self.tokenizer, self.source = load_base(self.config)
         self.model = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True)
         self.model.eval()
         self.stop_ids = stop_token_ids(self.tokenizer, base.generation_config)

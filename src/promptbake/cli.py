@@ -29,6 +29,8 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
                         default=None, help="allow downloading a Hugging Face model (off: offline)")
     parser.add_argument("--trust-remote-code", dest="model.trust_remote_code", action="store_const", const=True,
                         default=None, help="run model code shipped with the checkpoint")
+    parser.add_argument("--on", dest="model.on", default=None, metavar="DIR",
+                        help="bake on top of a finished bake (its adapter is merged into the base first)")
     parser.add_argument("--seed", dest="seed", type=int, default=None, help="seed for split, sampling, training")
     parser.add_argument("--config", type=Path, default=None, help="YAML config; flags override it")
 
@@ -36,6 +38,12 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
 def _resolve_config(args: argparse.Namespace, base: BakeConfig | None = None) -> BakeConfig:
     config = load_config(args.config) if getattr(args, "config", None) else (base or BakeConfig())
     given = {k: v for k, v in vars(args).items() if ("." in k or k == "seed") and v is not None}
+    if given.get("model.on"):
+        from .base import previous_bake
+
+        run, previous = previous_bake(given["model.on"])
+        given["model.on"] = str(run.resolve())           # recorded absolute: the bake reloads from anywhere
+        given.setdefault("model.name", previous.model.name)
     return override(config, given) if given else config
 
 

@@ -27,6 +27,7 @@ class ModelConfig:
     name: str = _help("Hugging Face id, local folder, .gguf file, or 'smollm2-135m' (embedded default)", "smollm2-135m")
     allow_download: bool = _help("let a Hugging Face id be downloaded (off: offline, local cache only)", False)
     trust_remote_code: bool = _help("run model code shipped with the checkpoint (only for models you trust)", False)
+    on: str = _help("sequential baking: a finished run folder whose adapter is merged into the base first", "")
 
     def problems(self) -> list[str]:
         return [] if self.name.strip() else ["model.name is empty: give a model id, folder, .gguf file or smollm2-135m"]
