@@ -75,7 +75,7 @@ def _gguf_to_folder(gguf: Path) -> Path:
     return folder
 
 
-def resolve_model(name: str, allow_download: bool = False) -> ModelSource:
+def resolve_model(name: str) -> ModelSource:
     """Map what the user typed to something from_pretrained can load, or explain what was tried."""
     name = name.strip()
     if name == EMBEDDED_NAME:
@@ -99,7 +99,7 @@ def load_model(name: str, allow_download: bool = False, trust_remote_code: bool 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = resolve_model(name, allow_download)
+    source = resolve_model(name)
     offline = source.kind == "hub" and not allow_download
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.folder, local_files_only=offline,
