@@ -117,8 +117,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
             "questions": {"source": config.sample.questions, "train": train_q, "heldout": heldout_q},
             "versions": _versions(),
         })
-        vocab = model.get_output_embeddings().weight.shape[0]
-        keep_logits = keep_logits and TeacherCache.fits(len(jobs) * config.sample.max_new_tokens, vocab,
+        keep_logits = keep_logits and TeacherCache.fits(model, len(jobs) * config.sample.max_new_tokens,
                                                         config.train.teacher_cache_gb)
         try:
             start = time.perf_counter()
@@ -174,8 +173,7 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
             start = time.perf_counter()
             budget = config.train.micro_batch_tokens
             tokens = sum(len(t.completion_ids) for t in trajectories)
-            vocab = model.get_output_embeddings().weight.shape[0]
-            if teacher is None and TeacherCache.fits(tokens, vocab, config.train.teacher_cache_gb):
+            if teacher is None and TeacherCache.fits(model, tokens, config.train.teacher_cache_gb):
                 teacher = TeacherCache.compute(model, trajectories, pad_id, budget).logits
             train_cache = TeacherCache([teacher[i] for i in train_idx]) if teacher else None
             heldout_cache = TeacherCache([teacher[i] for i in heldout_idx]) if teacher else None

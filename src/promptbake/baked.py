@@ -75,7 +75,7 @@ class BakedModel:
                                 self.tokenizer.pad_token_id)
         torch.manual_seed(seed)
         with adapter_disabled(self.model) if not adapter else contextlib.nullcontext():
-            outputs = generate_batch(self.model, prompts, gen, self.tokenizer.pad_token_id, self.stop_ids)
+            outputs, _ = generate_batch(self.model, prompts, gen, self.tokenizer.pad_token_id, self.stop_ids)
         return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids, _ in outputs]
 
     def generate(self, question: str | list[str], reprompt: bool = False, adapter: bool = True, **kwargs):
@@ -99,5 +99,4 @@ class BakedModel:
 
 def load_baked(run_dir: str | Path, checkpoint: str | None = None, strength: float = 1.0) -> BakedModel:
     """Load the baked model of a run folder (its final adapter, or `checkpoint` like 'step-8'), scaled by strength."""
-    baked = BakedModel(run_dir, checkpoint)
-    return baked.with_strength(strength) if float(strength) != 1.0 else baked
+    return BakedModel(run_dir, checkpoint).with_strength(strength)

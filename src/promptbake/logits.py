@@ -44,7 +44,9 @@ class TeacherCache:
         self.logits = logits
 
     @staticmethod
-    def fits(tokens: int, vocab_size: int, budget_gb: float) -> bool:
+    def fits(model, tokens: int, budget_gb: float) -> bool:
+        """Whether `tokens` positions of the model's full-vocabulary float32 logits fit in `budget_gb`."""
+        vocab_size = model.get_output_embeddings().weight.shape[0]
         return tokens * vocab_size * 4 <= budget_gb * 2**30
 
     @classmethod

@@ -43,8 +43,9 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
                    stop_ids: list[int], keep_logits: bool = False):
     """Generate one continuation per prompt (token-id lists) with left padding.
 
-    Returns (ids, finished) per prompt, and with `keep_logits` also the raw logits [n_i, V] that predicted each
-    kept token: the model's own next-token distribution, before temperature or top_p touch it.
+    Returns (results, logits): results holds (ids, finished) per prompt; logits (None unless `keep_logits`) holds the
+    raw logits [n_i, V] that predicted each kept token: the model's own next-token distribution, before temperature
+    or top_p touch it.
     """
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
@@ -54,7 +55,7 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config)
     results = [cut_at_stop(row[width:].tolist(), stop_ids) for row in out.sequences]
     if not keep_logits:
-        return results
+        return results, None
     # out.logits: one [B, V] tensor per step; copy each row's kept steps so the batch-wide tensors can be freed
     return results, [torch.stack([step[i] for step in out.logits[:len(ids)]]) for i, (ids, _) in enumerate(results)]
 
@@ -81,9 +82,8 @@ def sample_trajectories(model, tokenizer, jobs: list[dict], cfg: SampleConfig, s
     for number, batch in enumerate(batches):
         torch.manual_seed(seed * 100_003 + number)
         prompts = [jobs[i]["teacher_prompt_ids"] for i in batch]
-        out = generate_batch(model, prompts, gen_config, pad_id, stop_ids, keep_logits)
-        if keep_logits:
-            out, kept = out
+        out, kept = generate_batch(model, prompts, gen_config, pad_id, stop_ids, keep_logits)
+        if kept is not None:
             logits.update(zip(batch, kept))
         for i, (ids, finished) in zip(batch, out):
             results[i] = Trajectory(**jobs[i], completion_ids=ids, finished=finished,
