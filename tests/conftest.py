@@ -5,6 +5,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+import shutil
+
 from promptbake.data import Trajectory
 from promptbake.models import EMBEDDED_NAME, load_model, resolve_model
 from promptbake.prompts import student_prompt_ids, teacher_prompt_ids
@@ -51,3 +53,25 @@ def make_trajectories(tokenizer, system_prompt=PERSONA, questions=QUESTIONS, len
                               student_prompt_ids=student_prompt_ids(tokenizer, question),
                               completion_ids=completion, text="", finished=True))
     return out
+
+
+TINY_BAKE_FLAGS = ["--train-questions", "4", "--heldout-questions", "2", "--trajectories-per-question", "2",
+                   "--heldout-trajectories-per-question", "1", "--max-new-tokens", "6", "--quiet",
+                   "--epochs", "1", "--batch-size", "4", "--checkpoint-every", "1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bake_dir(tiny_model_dir, tmp_path_factory):
+    """A finished bake of PERSONA on the tiny model (2 checkpoints). Shared: copy it (`tiny_bake`) before writing."""
+    from promptbake.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-bake") / "run"
+    assert main(["bake", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), "--compare", "0",
+                 *TINY_BAKE_FLAGS]) == 0
+    return out
+
+
+@pytest.fixture
+def tiny_bake(tiny_bake_dir, tmp_path):
+    """A private copy of the tiny bake that a test may write into (eval.json, report.html, ...)."""
+    return shutil.copytree(tiny_bake_dir, tmp_path / "run")

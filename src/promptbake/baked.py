@@ -68,15 +68,27 @@ class BakedModel:
 
     def respond(self, conversations: list[list[dict]], reprompt: bool = False, adapter: bool = True,
                 temperature: float | None = None, max_new_tokens: int | None = None, seed: int = 0) -> list[str]:
-        """One reply per conversation (lists of user/assistant messages), generated in one batch."""
+        """One reply per conversation (lists of user/assistant messages).
+
+        Conversations are batched by prompt length, `sample_batch_size` of the bake's config at a time; batch k is
+        seeded from (seed, k), so the same call gives the same replies.
+        """
         system_prompt = self.system_prompt if reprompt else None
         prompts = [prompt_ids(self.tokenizer, messages, system_prompt) for messages in conversations]
         gen = generation_config(self._sample_config(temperature, max_new_tokens), self.stop_ids,
                                 self.tokenizer.pad_token_id)
-        torch.manual_seed(seed)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        size = self.config.sample.sample_batch_size
+        replies: list[str] = [""] * len(prompts)
         with adapter_disabled(self.model) if not adapter else contextlib.nullcontext():
-            outputs, _ = generate_batch(self.model, prompts, gen, self.tokenizer.pad_token_id, self.stop_ids)
-        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids, _ in outputs]
+            for number, start in enumerate(range(0, len(order), size)):
+                batch = order[start:start + size]
+                torch.manual_seed(seed * 100_003 + number)
+                outputs, _ = generate_batch(self.model, [prompts[i] for i in batch], gen,
+                                            self.tokenizer.pad_token_id, self.stop_ids)
+                for i, (ids, _) in zip(batch, outputs):
+                    replies[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return replies
 
     def generate(self, question: str | list[str], reprompt: bool = False, adapter: bool = True, **kwargs):
         """Answer one question (→ str) or several (→ list[str]) with no system prompt unless `reprompt`."""
