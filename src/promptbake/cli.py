@@ -166,23 +166,27 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import EvalConfig
     from .eval.evaluate import evaluate, parse_suites
+    from .eval.tables import TABLES
 
     suites = parse_suites(args.suite)
-    result = evaluate(args.dir, suites, check_strength(args.strength), args.checkpoint)
-    for key, found in result.items():
-        if "kl" in found:
-            kl = found["kl"]
-            print(f"held-out KL(teacher ‖ condition) per token, {key}, {kl['heldout_tokens']} tokens of "
-                  f"{kl['heldout_trajectories']} trajectories; closure {kl['closure']:.3f}")
-            print(f"  {'condition':<14}{'all tokens':>12}{'first ' + str(kl['first_tokens']):>12}{'later':>10}")
-            for name in ("base", "base+prompt", "baked", "baked+prompt"):
-                row = kl["conditions"][name]
-                if "per_position" not in row:
-                    print(f"  {name:<14}{row['kl']:>12.4f}   ({row['note']})")
-                    continue
-                print(f"  {name:<14}{row['kl']:>12.4f}{row['kl_first_tokens']:>12.4f}{row['kl_later_tokens']:>10.4f}")
-    print(f"results merged into {Path(args.dir) / 'eval.json'}")
+    options = EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
+
+    def show(name: str, result) -> None:
+        print("\n" + "\n".join(TABLES[name](result)), flush=True)
+
+    evaluate(args.dir, suites, check_strength(args.strength), args.checkpoint, options, on_suite=show)
+    print(f"\nresults merged into {Path(args.dir) / 'eval.json'}; `promptbake report {args.dir}` makes report.html")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import runfolder
+    from .eval.report import write_report
+
+    runfolder.read_bake_json(args.dir)   # a clear error when DIR is not a run folder
+    print(f"report written to {write_report(args.dir)}")
     return 0
 
 
@@ -192,6 +196,28 @@ def cmd_merge(args: argparse.Namespace) -> int:
     out = merge_run(args.dir, args.out, args.checkpoint, check_strength(args.strength), args.overwrite)
     print(f"merged model written to {out}; load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
+
+
+def _add_eval_parser(verbs) -> None:
+    from .config import EvalConfig
+    from .eval.evaluate import DEFAULT_SUITES, SUITES
+
+    eval_p = verbs.add_parser("eval", help="evaluate a bake under four conditions; results go to DIR/eval.json",
+                              description="Compare base, base+prompt, baked and baked+prompt. Suites: "
+                                          + ", ".join(SUITES) + ".")
+    eval_p.add_argument("dir", help="run folder of a finished bake")
+    eval_p.add_argument("--suite", default=DEFAULT_SUITES,
+                        help=f"comma-separated suites (default {DEFAULT_SUITES}; available: {', '.join(SUITES)})")
+    eval_p.add_argument("--checkpoint", default=None, help="evaluate checkpoints/step-N instead of the final adapter")
+    eval_p.add_argument("--strength", default="1", metavar="A", help="adapter scale (default 1)")
+    for f in dataclasses.fields(EvalConfig):
+        flag = f"--{f.name.replace('_', '-')}"
+        if f.type in (bool, "bool"):
+            eval_p.add_argument(flag, action="store_true", help=f.metadata["help"])
+            continue
+        kind = {"int": int, "int | None": int, "float | None": float}.get(str(f.type), str)
+        eval_p.add_argument(flag, type=kind, default=f.default, metavar=kind.__name__.upper(), help=f.metadata["help"])
+    eval_p.set_defaults(func=cmd_eval)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,12 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=int, default=0, help="sampling seed")
         sub.set_defaults(func=func)
 
-    eval_p = verbs.add_parser("eval", help="evaluate a bake; results go to DIR/eval.json")
-    eval_p.add_argument("dir", help="run folder of a finished bake")
-    eval_p.add_argument("--suite", default="kl", help="comma-separated suites (available: kl)")
-    eval_p.add_argument("--checkpoint", default=None, help="evaluate checkpoints/step-N instead of the final adapter")
-    eval_p.add_argument("--strength", default="1", metavar="A", help="adapter scale (default 1)")
-    eval_p.set_defaults(func=cmd_eval)
+    _add_eval_parser(verbs)
+    report_p = verbs.add_parser("report", help="write DIR/report.html: training curve, eval tables, plots")
+    report_p.add_argument("dir", help="run folder of a bake")
+    report_p.set_defaults(func=cmd_report)
 
     merge_p = verbs.add_parser("merge", help="merge the adapter into the weights: a plain transformers model folder")
     merge_p.add_argument("dir", help="run folder of a finished bake")

@@ -118,6 +118,34 @@ class BakeConfig:
 SECTIONS = {"model": ModelConfig, "sample": SampleConfig, "train": TrainConfig}
 
 
+@dataclass
+class EvalConfig:
+    """Settings of `promptbake eval` (not part of a bake's config; None means "the suite's or the file's default")."""
+    probes: str | None = _help("judges/drift: YAML probe file (see examples/persona_probes.yaml)", None)
+    knowledge: str | None = _help("knowledge: YAML file of questions with expected answers", None)
+    locality: str = _help("knowledge: locality control, 'builtin', 'none' or a YAML file like knowledge's", "builtin")
+    samples: int | None = _help("judges/knowledge: replies per probe and condition", None)
+    temperature: float | None = _help("judges/knowledge/drift: sampling temperature (default: the bake's)", None)
+    turns: int = _help("drift: assistant turns per self-chat", 8)
+    dialogues: int = _help("drift: self-chats per condition, each on its own topic", 8)
+    problems: int = _help("cot: arithmetic word problems to score", 200)
+    questions: int = _help("samples: held-out questions answered side by side", 4)
+    tasks: str = _help("benchmarks: comma-separated lm-eval task names", "")
+    limit: int | None = _help("benchmarks: examples per task (None: all)", None)
+    include_path: str | None = _help("benchmarks: folder of extra lm-eval task YAML files", None)
+    allow_code_execution: bool = _help("benchmarks: let code tasks (mbpp) run model-written code", False)
+    seed: int = _help("sampling seed of every suite", 0)
+
+    def __post_init__(self) -> None:
+        bad = [f"{name} must be >= 1 (got {getattr(self, name)})" for name in
+               ("samples", "turns", "dialogues", "problems", "questions", "limit")
+               if getattr(self, name) is not None and getattr(self, name) < 1]
+        if self.temperature is not None and self.temperature < 0:
+            bad.append(f"temperature must be >= 0 (got {self.temperature})")
+        if bad:
+            raise UserError("bad eval settings: " + "; ".join(bad))
+
+
 def _suggest(key: str, valid: list[str]) -> str:
     close = difflib.get_close_matches(key, valid, n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(valid)})"

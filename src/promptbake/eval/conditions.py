@@ -17,3 +17,15 @@ CONDITIONS = (
     Condition("baked+prompt", adapter=True, reprompt=True),    # re-prompting
 )
 CONDITION_NAMES = tuple(c.name for c in CONDITIONS)
+
+
+def answers(baked, condition: Condition, questions: list[str], samples: int = 1, temperature: float | None = None,
+            max_new_tokens: int | None = None, seed: int = 0) -> list[list[str]]:
+    """`samples` single-turn replies to each question under `condition`: one list of replies per question.
+
+    All questions × samples go through one batched `respond` call, seeded, so the result repeats.
+    """
+    conversations = [[{"role": "user", "content": q}] for q in questions for _ in range(samples)]
+    replies = baked.respond(conversations, reprompt=condition.reprompt, adapter=condition.adapter,
+                            temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    return [replies[i * samples:(i + 1) * samples] for i in range(len(questions))]
