@@ -124,16 +124,23 @@ RUNNERS = {"kl": kl_suite, "samples": samples_suite, "judges": judges_suite, "kn
 
 
 def check_inputs(suites: list[str], options: EvalConfig) -> None:
-    """Fail on bad probe files before minutes of model loading."""
+    """Fail on missing or bad inputs before minutes of model loading (the suites check the same things again)."""
     from .probes import load_facts, load_probes
 
-    if {"judges", "drift"} & set(suites) and options.probes:
+    for name in ("judges", "drift"):
+        if name in suites and not options.probes:
+            RUNNERS[name](None, options)         # raises the suite's own "needs --probes" message
+    if {"judges", "drift"} & set(suites):
         load_probes(options.probes)
     if "knowledge" in suites:
+        if not options.knowledge and options.locality == "none":
+            knowledge_suite(None, options)
         if options.knowledge:
             load_facts(options.knowledge)
         if options.locality not in ("builtin", "none"):
             load_facts(options.locality)
+    if "benchmarks" in suites and not options.tasks.strip():
+        benchmarks_suite(None, options)
 
 
 def evaluate(run_dir: str | Path, suites: list[str], strength: float = 1.0, checkpoint: str | None = None,
