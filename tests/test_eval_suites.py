@@ -135,3 +135,12 @@ def test_eval_options_are_validated():
     with pytest.raises(promptbake.errors.UserError, match="turns must be >= 1"):
         EvalConfig(turns=0)
     assert evaluate.__doc__
+
+
+def test_report_verb_writes_the_report_of_what_eval_found(tiny_bake, tmp_path, capsys):
+    assert main(["eval", str(tiny_bake), "--suite", "kl,judges", "--probes", str(_file(tmp_path, PROBES))]) == 0
+    assert main(["report", str(tiny_bake)]) == 0
+    html = (tiny_bake / "report.html").read_text()
+    assert "Where do you live?" in html and "closure" in html
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "promptbake: error:" in capsys.readouterr().err

@@ -49,3 +49,12 @@ def test_split_is_seeded_and_disjoint():
 def test_too_few_questions_for_the_split():
     with pytest.raises(UserError, match="3 distinct questions, but the split needs 5"):
         split_questions(["a", "b", "c"], 3, 2, seed=0)
+
+
+def test_arithmetic_source_is_the_train_side_of_the_word_problems():
+    from promptbake.eval.arithmetic import generate_problems, question_split
+    from promptbake.questions import ARITHMETIC_POOL, load_questions
+
+    questions = load_questions("arithmetic")
+    assert len(questions) == ARITHMETIC_POOL and all(question_split(q) == "train" for q in questions)
+    assert not set(questions) & {p.question for p in generate_problems(200, 0, "eval")}

@@ -35,7 +35,7 @@ class ModelConfig:
 
 @dataclass
 class SampleConfig:
-    questions: str = _help("question source: 'builtin', a .txt file (one per line) or .jsonl with a 'question' field", "builtin")
+    questions: str = _help("question source: 'builtin', 'arithmetic' (word problems), a .txt file (one per line) or .jsonl with a 'question' field", "builtin")
     train_questions: int = _help("questions used for training (drawn with the seed)", 192)
     heldout_questions: int = _help("questions held out for the closure metric, never trained on", 16)
     trajectories_per_question: int = _help("teacher samples per training question", 1)

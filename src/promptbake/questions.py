@@ -9,6 +9,8 @@ from pathlib import Path
 from .errors import UserError
 
 BUILTIN = "builtin"
+ARITHMETIC = "arithmetic"   # generated multi-step word problems (eval/arithmetic.py), for chain-of-thought prompts
+ARITHMETIC_POOL = 2000
 
 
 def builtin_questions() -> list[str]:
@@ -33,12 +35,16 @@ def _read_jsonl(path: Path, text: str) -> list[str]:
 
 
 def load_questions(source: str) -> list[str]:
-    """Questions from 'builtin', a .txt file (one per line) or a .jsonl file ({"question": ...} per line).
+    """Questions from 'builtin', 'arithmetic', a .txt file (one per line) or a .jsonl file ({"question": ...} per line).
 
     Duplicates are dropped (first occurrence kept) so a repeated line cannot land on both sides of the split.
     """
     if source == BUILTIN:
         questions = builtin_questions()
+    elif source == ARITHMETIC:   # the train side only: the cot suite scores the other side, never seen in a bake
+        from .eval.arithmetic import problems_questions
+
+        questions = problems_questions(ARITHMETIC_POOL, seed=0)
     else:
         path = Path(source).expanduser()
         if path.is_dir():

@@ -66,8 +66,11 @@ def drift_table(drift: dict) -> list[str]:
 
 
 def cot_table(cot: dict) -> list[str]:
-    return _rates(f"cot: {cot['problems']} arithmetic word problems (seed {cot['seed']}), exact match of the final "
-                  f"number; accuracy [95% Wilson interval]", cot["conditions"])
+    lines = _rates(f"cot: {cot['problems']} arithmetic word problems (seed {cot['seed']}), exact match of the "
+                   f"final number; accuracy [95% Wilson interval]", cot["conditions"])
+    lines += _rates("  replies ending in the line 'The answer is N.' (the format examples/cot.txt asks for):",
+                    {name: c["answer_line"] for name, c in cot["conditions"].items() if "answer_line" in c})
+    return lines
 
 
 def benchmarks_table(bench: dict) -> list[str]:
