@@ -194,6 +194,7 @@ def _cot(suite: dict) -> str:
     conditions = suite["conditions"]
     names = _ordered(conditions)
     table = _table(["", *names], [["correct", *(_rate(conditions[n]) for n in names)],
+                                  ["ends 'The answer is N.'", *(_rate(conditions[n].get("answer_line")) for n in names)],
                                   ["mean reply words", *(_num(conditions[n].get("mean_reply_words")) for n in names)]])
     examples = "".join(
         f"<h5>{_esc(e.get('question', ''))}</h5><p class=note>answer: {_esc(e.get('answer', ''))}</p>"
