@@ -62,3 +62,12 @@ def test_every_shipped_config_loads():
     assert shipped
     for path in shipped:
         assert isinstance(load_config(path), BakeConfig)
+
+
+def test_package_bake_is_the_function_even_after_its_module_is_imported():
+    import importlib
+
+    import promptbake
+
+    importlib.import_module("promptbake.bake")
+    assert callable(promptbake.bake) and promptbake.bake.__module__ == "promptbake.bake"

@@ -1,16 +1,11 @@
 """promptbake: bake prompts into LoRA weights, so the model without the prompt behaves like the model with it."""
-import importlib
-
 __version__ = "0.1.0"
 
-# Imported on first use (PEP 562), so `promptbake report` and other torch-free paths start instantly.
-_EXPORTS = {"bake": "bake", "BakeResult": "bake", "load_baked": "baked", "BakedModel": "baked",
-            "BakeConfig": "config", "ModelConfig": "config", "SampleConfig": "config", "TrainConfig": "config",
-            "EvalConfig": "config", "load_config": "config"}
-__all__ = list(_EXPORTS)
+# Eager on purpose: `bake` is also a submodule's name, and a lazy attribute would be rebound to the module the first
+# time something imports promptbake.bake.
+from .bake import BakeResult, bake  # noqa: E402
+from .baked import BakedModel, load_baked  # noqa: E402
+from .config import BakeConfig, EvalConfig, ModelConfig, SampleConfig, TrainConfig, load_config  # noqa: E402
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'promptbake' has no attribute {name!r}")
+__all__ = ["bake", "BakeResult", "load_baked", "BakedModel", "BakeConfig", "ModelConfig", "SampleConfig",
+           "TrainConfig", "EvalConfig", "load_config"]

@@ -8,6 +8,7 @@ is the damage baking (or prompting) did.
 from __future__ import annotations
 
 from .conditions import CONDITIONS, answers
+from .judges import run_probes, settings
 from .probes import ProbeFile
 from .stats import rate
 
@@ -17,22 +18,11 @@ LOCALITY_MAX_NEW_TOKENS = 32
 
 
 def _facts(baked, facts: ProbeFile, samples: int | None, temperature: float | None, seed: int) -> dict:
-    samples = samples or facts.samples or DEFAULT_SAMPLES
-    if temperature is None:
-        temperature = facts.temperature if facts.temperature is not None else baked.config.sample.sampling_temperature
-    max_new_tokens = facts.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
-    rows = [{"name": p.name, "question": p.question, "expected": p.check.spec["contains"], "conditions": {}}
-            for p in facts.probes]
-    overall = {}
-    for condition in CONDITIONS:
-        replies = answers(baked, condition, [p.question for p in facts.probes], samples, temperature,
-                          max_new_tokens, seed)
-        total = 0
-        for probe, row, texts in zip(facts.probes, rows, replies):
-            passed = sum(probe.check(t) for t in texts)
-            total += passed
-            row["conditions"][condition.name] = {**rate(passed, len(texts)), "samples": texts}
-        overall[condition.name] = rate(total, samples * len(rows))
+    samples, temperature, max_new_tokens = settings(baked, facts, samples, temperature, DEFAULT_SAMPLES,
+                                                    DEFAULT_MAX_NEW_TOKENS)
+    overall, rows = run_probes(baked, facts.probes, samples, temperature, max_new_tokens, seed)
+    for probe, row in zip(facts.probes, rows):
+        row["expected"] = probe.check.spec["contains"]
     return {"probe_file": facts.source, "samples_per_probe": samples, "temperature": temperature,
             "conditions": overall, "probes": rows}
 
