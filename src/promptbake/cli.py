@@ -5,7 +5,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import textwrap
 from pathlib import Path
 
 from .config import BakeConfig, SampleConfig, TrainConfig, check_strength, load_config, override
@@ -63,12 +62,10 @@ def _read_prompt(args: argparse.Namespace) -> str:
 
 
 def _print_side_by_side(rows: list[dict]) -> None:
-    labels = (("base, no prompt", "base"), ("base + prompt", "base_with_prompt"), ("baked, no prompt", "baked"))
-    for row in rows:
-        print(f"\nQ: {row['question']}")
-        for label, key in labels:
-            text = " ".join(row[key].split()) or "(empty)"
-            print(textwrap.fill(text, width=110, initial_indent=f"  {label:>17}: ", subsequent_indent=" " * 21))
+    from .eval.tables import side_by_side_lines
+
+    labels = {"base": "base, no prompt", "base_with_prompt": "base + prompt", "baked": "baked, no prompt"}
+    print("\n" + "\n\n".join("\n".join(side_by_side_lines([row], labels)) for row in rows))
 
 
 def _print_metrics(metrics: dict, out: Path) -> None:
@@ -182,11 +179,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import runfolder
     from .eval.report import write_report
 
-    runfolder.read_bake_json(args.dir)   # a clear error when DIR is not a run folder
-    print(f"report written to {write_report(args.dir)}")
+    print(f"report written to {write_report(args.dir)}")   # a UserError when DIR is not a run folder
     return 0
 
 

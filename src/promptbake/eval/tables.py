@@ -84,14 +84,22 @@ def benchmarks_table(bench: dict) -> list[str]:
     return lines
 
 
-def samples_table(rows: list[dict]) -> list[str]:
-    lines = ["side by side (held-out questions, never trained on):"]
+def side_by_side_lines(rows: list[dict], labels: dict[str, str]) -> list[str]:
+    """Each row's question, then its answers wrapped under right-aligned labels ({row key: label})."""
+    width = max(len(label) for label in labels.values())
+    lines = []
     for row in rows:
         lines.append(f"Q: {row['question']}")
-        for name in CONDITION_NAMES:
-            text = " ".join(row[name].split()) or "(empty)"
-            lines.append(textwrap.fill(text, width=110, initial_indent=f"  {name:>13}: ", subsequent_indent=" " * 17))
+        for key, label in labels.items():
+            text = " ".join(row[key].split()) or "(empty)"
+            lines.append(textwrap.fill(text, width=110, initial_indent=f"  {label:>{width}}: ",
+                                       subsequent_indent=" " * (width + 4)))
     return lines
+
+
+def samples_table(rows: list[dict]) -> list[str]:
+    return (["side by side (held-out questions, never trained on):"]
+            + side_by_side_lines(rows, {name: name for name in CONDITION_NAMES}))
 
 
 TABLES = {"kl": kl_table, "judges": judges_table, "knowledge": knowledge_table, "drift": drift_table,
