@@ -36,7 +36,9 @@ class BakedModel:
         self.config = config_from_dict(self.record["config"], where=str(self.run_dir / runfolder.BAKE_JSON))
         self.system_prompt = self.record["system_prompt"]
         base, self.tokenizer, self.source = load_base(self.config)
-        self.model = PeftModel.from_pretrained(base, str(adapter_dir), use_safetensors=True)
+        # The final adapter is peft's "default"; a checkpoint keeps its own name, so use_checkpoint can add the rest.
+        self.model = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=checkpoint or "default",
+                                               use_safetensors=True)
         self.model.eval()
         self.stop_ids = stop_token_ids(self.tokenizer, base.generation_config)
         self.checkpoint = checkpoint
@@ -55,6 +57,22 @@ class BakedModel:
                 module.set_scale(self.model.active_adapter, strength)
         self.strength = strength
         return self
+
+    def use_checkpoint(self, checkpoint: str | None) -> "BakedModel":
+        """Switch to checkpoints/`checkpoint` (None: the final adapter) without reloading the base; keeps the strength.
+
+        Each adapter is loaded once into the same PeftModel under its own name (peft's load_adapter/set_adapter).
+        """
+        name = checkpoint or "default"
+        if name not in self.model.peft_config:
+            folder = self.run_dir / (runfolder.CHECKPOINTS + "/" + name if checkpoint else runfolder.ADAPTER)
+            if not (folder / "adapter_model.safetensors").is_file():
+                raise UserError(f"{self.run_dir} has no checkpoint {name!r}; saved: "
+                                f"{', '.join(self.checkpoints()) or 'none'}")
+            self.model.load_adapter(str(folder), adapter_name=name, use_safetensors=True)
+        self.model.set_adapter(name)
+        self.checkpoint = checkpoint
+        return self.with_strength(self.strength)
 
     def checkpoints(self) -> list[str]:
         folder = self.run_dir / runfolder.CHECKPOINTS

@@ -185,6 +185,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_strength(args: argparse.Namespace) -> int:
+    from . import runfolder, strength
+    from .eval.plots import strength_png
+    from .eval.probes import load_probes
+
+    strengths = strength.parse_strengths(args.strengths)        # bad input fails before the model loads
+    probes = load_probes(args.probes) if args.probes else None
+    runfolder.read_bake_json(args.dir)
+
+    def show(point: dict, sweep: dict) -> None:
+        if len(sweep["points"]) == 1:
+            print("\n".join(strength.sweep_header(sweep)), flush=True)
+        print(strength.sweep_row(point, sweep["reprompt"], bool(sweep["probe_file"])), flush=True)
+
+    sweep = strength.strength_sweep(args.dir, strengths, probes, checkpoints=not args.no_checkpoints,
+                                    reprompt=not args.no_reprompt, samples=args.samples,
+                                    temperature=args.temperature, seed=args.seed, on_point=show)
+    print("\n".join(strength.sweep_footer(sweep)))
+    runfolder.atomic_write_bytes(Path(args.dir) / strength.STRENGTH_PNG, strength_png(sweep))
+    print(f"\nwritten: {Path(args.dir) / strength.STRENGTH_JSON}, {Path(args.dir) / strength.STRENGTH_PNG}")
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from .merge import merge_run
 
@@ -213,6 +236,25 @@ def _add_eval_parser(verbs) -> None:
         kind = {"int": int, "int | None": int, "float | None": float}.get(str(f.type), str)
         eval_p.add_argument(flag, type=kind, default=f.default, metavar=kind.__name__.upper(), help=f.metadata["help"])
     eval_p.set_defaults(func=cmd_eval)
+
+
+def _add_strength_parser(verbs) -> None:
+    from .strength import DEFAULT_STRENGTHS
+
+    sub = verbs.add_parser("strength", help="sweep prompt strength: adapter scale α and checkpoints (half-baking)",
+                           description="Measure held-out KL and judge rates of a bake at several adapter scales α "
+                                       "(0 = base, 1 = the bake, > 1 extrapolates) and at every saved checkpoint. "
+                                       "Writes DIR/strength.json and DIR/strength.png.")
+    sub.add_argument("dir", help="run folder of a finished bake")
+    sub.add_argument("--probes", default=None, help="judge probes (YAML, as for eval); without them only KL")
+    sub.add_argument("--strengths", default=DEFAULT_STRENGTHS, metavar="A,B,...",
+                     help=f"adapter scales to measure (default {DEFAULT_STRENGTHS})")
+    sub.add_argument("--no-checkpoints", action="store_true", help="skip the checkpoints (half-baked models)")
+    sub.add_argument("--no-reprompt", action="store_true", help="skip baked + prompt (re-prompting) at each point")
+    sub.add_argument("--samples", type=int, default=None, help="samples per probe (default: probe file's, else 8)")
+    sub.add_argument("--temperature", type=float, default=None, help="judge sampling temperature (default: bake's)")
+    sub.add_argument("--seed", type=int, default=0, help="sampling seed, the same at every point")
+    sub.set_defaults(func=cmd_strength)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     report_p.add_argument("dir", help="run folder of a bake")
     report_p.set_defaults(func=cmd_report)
 
+    _add_strength_parser(verbs)
     merge_p = verbs.add_parser("merge", help="merge the adapter into the weights: a plain transformers model folder")
     merge_p.add_argument("dir", help="run folder of a finished bake")
     merge_p.add_argument("--out", required=True, help="folder for the merged model (safetensors + tokenizer)")

@@ -10,15 +10,15 @@ DEFAULT_MAX_NEW_TOKENS = 64
 
 
 def run_probes(baked, probes: list[Probe], samples: int, temperature: float, max_new_tokens: int,
-               seed: int) -> tuple[dict, list[dict]]:
-    """Sample every probe `samples` times under the four conditions and judge each reply with the probe's check.
+               seed: int, conditions=CONDITIONS) -> tuple[dict, list[dict]]:
+    """Sample every probe `samples` times under each condition (default: all four) and judge every reply.
 
     Returns (overall, rows): overall {condition: rate over all probes}; rows [{"name", "question", "check",
     "conditions": {condition: rate + "samples"}}] in probe order.
     """
     rows = [{"name": p.name, "question": p.question, "check": str(p.check), "conditions": {}} for p in probes]
     overall = {}
-    for condition in CONDITIONS:
+    for condition in conditions:
         replies = answers(baked, condition, [p.question for p in probes], samples, temperature, max_new_tokens, seed)
         passed_all = 0
         for probe, row, texts in zip(probes, rows, replies):

@@ -32,10 +32,14 @@ def _figure(width: float, height: float, panels: int = 1, legend: bool = False):
     return fig, axes
 
 
-def _data_uri(fig: Figure) -> str:
+def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def _data_uri(fig: Figure) -> str:
+    return "data:image/png;base64," + base64.b64encode(_png(fig)).decode("ascii")
 
 
 def _legend(ax) -> None:
@@ -121,3 +125,55 @@ def drift_lines(conditions: dict) -> str | None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _legend(ax)
     return _data_uri(fig)
+
+
+def _rate_line(ax, xs, records, name: str, index: int) -> None:
+    rates = [100 * (r.get("rate") or 0.0) for r in records]
+    colour = _colour(name, index)
+    ax.plot(xs, rates, marker="o", label=name, color=colour, lw=1.5, clip_on=False)
+    ax.fill_between(xs, [100 * r["ci95"][0] for r in records], [100 * r["ci95"][1] for r in records],
+                    color=colour, alpha=0.12, lw=0)
+
+
+def _strength_figure(sweep: dict) -> Figure:
+    """Three panels: KL vs α, judge rate vs α (base and teacher as dashed references), closure and rate vs step."""
+    from ..strength import series
+
+    judged = bool(sweep.get("probe_file"))
+    fig, (kl_ax, judge_ax, step_ax) = _figure(15, 3.6, panels=3)
+    by_strength, by_step = series(sweep, "strength"), series(sweep, "step")
+    alphas = [p["strength"] for p in by_strength]
+    for i, name in enumerate(n for n in ("baked", "baked+prompt") if n in by_strength[0]["kl"]):
+        kl_ax.plot(alphas, [p["kl"][name] for p in by_strength], marker="o", label=name, color=_colour(name, i))
+    kl_ax.axhline(sweep["reference"]["kl_base"], color=COLOURS["base"], ls="--", lw=1, label="base")
+    kl_ax.set(title="held-out KL(teacher ‖ model) vs strength α", xlabel="α", ylabel="KL per token")
+    kl_ax.set_ylim(bottom=0)
+    kl_ax.legend(frameon=False, fontsize=8)
+    if judged:
+        for i, name in enumerate(n for n in ("baked", "baked+prompt") if n in by_strength[0]["judges"]):
+            _rate_line(judge_ax, alphas, [p["judges"][name]["all"] for p in by_strength], name, i)
+        for name, ref in sweep["reference"]["judges"].items():
+            judge_ax.axhline(100 * ref["all"]["rate"], color=_colour(name, 0), ls="--", lw=1, label=name)
+        judge_ax.legend(frameon=False, fontsize=8)
+    judge_ax.set(title="judge pass rate vs strength α" if judged else "no probes: judges not measured",
+                 xlabel="α", ylabel="pass rate (%)", ylim=(0, 105))
+    if by_step:
+        steps = [p["step"] for p in by_step]
+        step_ax.plot(steps, [100 * p["closure"] for p in by_step], marker="s", color="#444", label="closure")
+        if judged:
+            _rate_line(step_ax, steps, [p["judges"]["baked"]["all"] for p in by_step], "baked", 0)
+        step_ax.legend(frameon=False, fontsize=8)
+        step_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    step_ax.set(title="half-baked: checkpoints (α = 1)", xlabel="training step", ylabel="closure / pass rate (%)",
+                ylim=(0, 105))
+    return fig
+
+
+def strength_curves(sweep: dict) -> str:
+    """The strength sweep's plot as a data URI (for report.html)."""
+    return _data_uri(_strength_figure(sweep))
+
+
+def strength_png(sweep: dict) -> bytes:
+    """The strength sweep's plot as PNG bytes (DIR/strength.png)."""
+    return _png(_strength_figure(sweep))
