@@ -208,6 +208,15 @@ def cmd_strength(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_combine(args: argparse.Namespace) -> int:
+    from .combine import combine_runs, parse_weights
+
+    out = combine_runs(args.dirs, args.out, parse_weights(args.weights, len(args.dirs)), args.overwrite)
+    print(f"combined adapter written to {out / 'adapter'}; try `promptbake generate {out} --question ...` or "
+          f"`promptbake eval {out} --suite judges --probes ...`")
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     from .merge import merge_run
 
@@ -312,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     report_p.set_defaults(func=cmd_report)
 
     _add_strength_parser(verbs)
+    combine_p = verbs.add_parser("combine", help="one adapter from several bakes of the same base (weighted sum)",
+                                 description="Combine the adapters of several finished bakes of one base model "
+                                             "into a new run folder: ΔW = Σ wᵢ·ΔWᵢ, exact (peft 'cat').")
+    combine_p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders of finished bakes (two or more)")
+    combine_p.add_argument("--weights", default=None, metavar="W1,W2,...", help="one weight per run (default 1 each)")
+    combine_p.add_argument("--out", required=True, help="run folder for the combined adapter")
+    combine_p.add_argument("--overwrite", action="store_true", help="replace a previous bake in --out")
+    combine_p.set_defaults(func=cmd_combine)
     merge_p = verbs.add_parser("merge", help="merge the adapter into the weights: a plain transformers model folder")
     merge_p.add_argument("dir", help="run folder of a finished bake")
     merge_p.add_argument("--out", required=True, help="folder for the merged model (safetensors + tokenizer)")

@@ -1,0 +1,81 @@
+"""`promptbake combine`: the combined adapter is exactly the weighted sum of the bakes' weight updates."""
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+
+from conftest import TINY_BAKE_FLAGS, make_trajectories
+from promptbake.baked import load_baked
+from promptbake.cli import main
+from promptbake.data import collate
+from promptbake.logits import completion_logits
+from promptbake.models import load_model
+
+SECOND = "Answer like a pirate captain, and end every reply with 'Arr!'."
+
+
+@pytest.fixture(scope="module")
+def second_bake(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("second") / "run"
+    assert main(["bake", "--prompt", SECOND, "--model", str(tiny_model_dir), "--out", str(out), "--compare", "0",
+                 "--seed", "1", *TINY_BAKE_FLAGS]) == 0
+    return out
+
+
+def _merged_by_hand(model_dir, runs, weights):
+    """Base weights + Σ wᵢ ΔWᵢ, merging one scaled adapter at a time."""
+    model, _, _ = load_model(str(model_dir))
+    for run, weight in zip(runs, weights):
+        model = PeftModel.from_pretrained(model, str(run / "adapter"))
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                module.set_scale("default", weight)
+        model = model.merge_and_unload()
+    return model
+
+
+def test_combined_adapter_is_the_weighted_sum(tiny_bake_dir, second_bake, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "combined"
+    assert main(["combine", str(tiny_bake_dir), str(second_bake), "--weights", "1,0.5", "--out", str(out)]) == 0
+    record = json.loads((out / "bake.json").read_text())
+    assert record["status"] == "finished" and [r["weight"] for r in record["combined_from"]] == [1.0, 0.5]
+    combined = load_baked(out)
+    assert SECOND in combined.system_prompt and "Brindle" in combined.system_prompt   # re-prompting gives both
+    reference = _merged_by_hand(tiny_model_dir, [tiny_bake_dir, second_bake], [1.0, 0.5])
+    batch = collate(make_trajectories(combined.tokenizer), combined.tokenizer.pad_token_id)
+    with torch.no_grad():
+        got = completion_logits(combined.model, batch, "student")
+        want = completion_logits(reference, batch, "student")
+        first_only = completion_logits(load_baked(tiny_bake_dir).model, batch, "student")
+    assert (got - want).abs().max() < 1e-4
+    assert (got - first_only).abs().max() > 1e-3          # the second bake's update is really in there
+    assert main(["combine", str(tiny_bake_dir), str(second_bake), "--out", str(out)]) == 2
+    assert "already holds a finished bake" in capsys.readouterr().err
+
+
+def test_combining_bakes_of_different_bases_is_refused(tiny_bake_dir, tiny_model_dir, tmp_path, capsys):
+    on_top = tmp_path / "on-top"
+    assert main(["bake", "--prompt", SECOND, "--on", str(tiny_bake_dir), "--out", str(on_top), "--compare", "0",
+                 *TINY_BAKE_FLAGS]) == 0
+    capsys.readouterr()
+    assert main(["combine", str(tiny_bake_dir), str(on_top), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "different base models" in err and err.count("\n") == 1
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("weights, message", [("1", "needs 2 finite numbers"), ("1,x", "comma-separated numbers"),
+                                              ("1,inf", "needs 2 finite numbers")])
+def test_bad_weights_are_one_line_exit_2(tiny_bake_dir, second_bake, tmp_path, capsys, weights, message):
+    assert main(["combine", str(tiny_bake_dir), str(second_bake), "--weights", weights,
+                 "--out", str(tmp_path / "c")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_combine_needs_finished_bakes(tiny_bake_dir, tmp_path, capsys):
+    assert main(["combine", str(tiny_bake_dir), str(tmp_path), "--out", str(tmp_path / "c")]) == 2
+    assert "not a promptbake run folder" in capsys.readouterr().err
+    assert main(["combine", str(tiny_bake_dir), "--out", str(tmp_path / "c")]) == 2
+    assert "at least two run folders" in capsys.readouterr().err
