@@ -101,6 +101,41 @@ def _compare(out: Path, count: int) -> None:
     _print_side_by_side(baked.side_by_side(questions + [IDENTITY_PROBE], seed=baked.config.seed))
 
 
+def cmd_pursue(args: argparse.Namespace) -> int:
+    from .eval.probes import builtin_locality, load_facts, load_probes
+    from .pursuit import check_rounds, pursue
+
+    check_rounds(args.rounds)
+    prompt = _read_prompt(args)
+    if not args.probes:
+        raise UserError("pursue needs --probes FILE: a round goes on only while its judge rate rises")
+    probes = load_probes(args.probes)
+    locality = {"builtin": builtin_locality, "none": lambda: None}.get(args.locality,
+                                                                      lambda: load_facts(args.locality))()
+
+    def show(found: dict, record: dict) -> None:
+        ref = record["reference"]
+        if found["round"] == 1:
+            judged = ref["judges"]
+            local = (f"{ref['locality_kept']} of {ref['locality_questions']} questions the base gets right"
+                     if ref["locality_questions"] else "off")
+            print(f"\nPrompt Pursuit, judged by {record['probe_file']}: base {judged['base']['rate']:.0%}, "
+                  f"base+prompt {judged['base+prompt']['rate']:.0%}; KL(base+prompt ‖ base) "
+                  f"{ref['kl_base_from_teacher']:.4f}; locality control: {local}")
+            print(f"  {'round':<6}{'closure':>8}{'KL from base+prompt':>21}{'judged':>8}{'+prompt':>9}"
+                  f"{'locality':>10}{'seconds':>9}")
+        kl, judges = found["kl_from_original_teacher"]["baked"], found["judges"]
+        local = f"{found['locality']['rate']:.0%}" if "locality" in found else "-"
+        print(f"  {found['round']:<6}{found['closure']:>8.3f}{kl:>21.4f}{judges['baked']['rate']:>8.0%}"
+              f"{judges['baked+prompt']['rate']:>9.0%}{local:>10}{found['seconds']:>9.0f}", flush=True)
+
+    record = pursue(prompt, Path(args.out), _resolve_config(args), args.rounds, probes, locality, args.samples,
+                    patience=args.patience, overwrite=args.overwrite, progress=not args.quiet, on_round=show)
+    print(f"stopped early: {record['stopped']}" if record["stopped"] else f"ran all {args.rounds} rounds")
+    print(f"every round's run folder is in {args.out}/round-N; the record is {Path(args.out) / 'pursuit.json'}")
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .bake import sample_run
 
@@ -270,11 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptbake", description="Bake prompts into LoRA weights.")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    def prompt_verb(name: str, help_text: str, with_train: bool) -> argparse.ArgumentParser:
+    def prompt_verb(name: str, help_text: str, with_train: bool, out: str = DEFAULT_OUT) -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--prompt", default=None, help="the system prompt to bake")
         sub.add_argument("--prompt-file", default=None, help="read the system prompt from a UTF-8 file")
-        sub.add_argument("--out", default=DEFAULT_OUT, help=f"run folder (default {DEFAULT_OUT})")
+        sub.add_argument("--out", default=out, help=f"run folder (default {out})")
         sub.add_argument("--overwrite", action="store_true", help="replace a previous bake in --out")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
         _add_model_flags(sub)
@@ -288,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print base / prompted / baked answers for N held-out questions (0: skip)")
     bake_p.set_defaults(func=cmd_bake)
     prompt_verb("sample", "only sample teacher trajectories into the run folder", False).set_defaults(func=cmd_sample)
+    pursue_p = prompt_verb("pursue", "Prompt Pursuit: bake, re-prompt the baked model, bake it again, round after "
+                                     "round (each round in DIR/round-N)", True, out="runs/pursuit")
+    pursue_p.add_argument("--rounds", type=int, default=3, help="most rounds to run (default 3); stops early when "
+                                                                 "a round's judge rate does not rise")
+    pursue_p.add_argument("--probes", default=None, help="judge probes (YAML, as for eval): the pursued behaviour")
+    pursue_p.add_argument("--patience", type=int, default=1, help="stop after this many rounds in a row without a "
+                                                                   "new best judge rate (default 1)")
+    pursue_p.add_argument("--samples", type=int, default=None, help="samples per probe (default: probe file's, else 8)")
+    pursue_p.add_argument("--locality", default="builtin", help="collapse guard: builtin, none, or a facts YAML")
+    pursue_p.set_defaults(func=cmd_pursue)
 
     train_p = verbs.add_parser("train", help="train an adapter from a run folder's trajectories.jsonl")
     train_p.add_argument("dir", help="run folder written by `promptbake sample`")

@@ -27,12 +27,16 @@ def _facts(baked, facts: ProbeFile, samples: int | None, temperature: float | No
             "conditions": overall, "probes": rows}
 
 
+def locality_answers(baked, locality: ProbeFile, condition, seed: int = 0) -> list[tuple[bool, str]]:
+    """(correct, reply) per locality question under `condition`, answered greedily (one deterministic reply)."""
+    questions = [p.question for p in locality.probes]
+    replies = [r[0] for r in answers(baked, condition, questions, 1, 0.0, LOCALITY_MAX_NEW_TOKENS, seed)]
+    return [(p.check(r), r) for p, r in zip(locality.probes, replies)]
+
+
 def _locality(baked, locality: ProbeFile, seed: int) -> dict:
     questions = [p.question for p in locality.probes]
-    judged = {}
-    for condition in CONDITIONS:   # greedy: one deterministic reply per question
-        replies = [r[0] for r in answers(baked, condition, questions, 1, 0.0, LOCALITY_MAX_NEW_TOKENS, seed)]
-        judged[condition.name] = [(p.check(r), r) for p, r in zip(locality.probes, replies)]
+    judged = {condition.name: locality_answers(baked, locality, condition, seed) for condition in CONDITIONS}
     kept = [i for i, (ok, _) in enumerate(judged["base"]) if ok]
     conditions = {name: rate(sum(results[i][0] for i in kept), len(kept)) for name, results in judged.items()}
     lost = {name: [{"question": questions[i], "reply": results[i][1]} for i in kept if not results[i][0]][:5]
