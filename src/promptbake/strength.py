@@ -160,9 +160,9 @@ def sweep_row(point: dict, reprompt: bool, judged: bool) -> str:
     if reprompt:
         cells.append(f"{point['kl'][REPROMPTED.name]:>11.4f}")
     if judged:
-        cells.append(f"   {_rate(point['judges'][BAKED.name]['all']):<12}")
+        cells.append(f"   {_rate(point['judges'][BAKED.name]['all']):<14}")
         if reprompt:
-            cells.append(f"{_rate(point['judges'][REPROMPTED.name]['all']):<12}")
+            cells.append(f"{_rate(point['judges'][REPROMPTED.name]['all']):<14}")
     return "  " + "".join(cells)
 
 
@@ -177,8 +177,8 @@ def sweep_header(sweep: dict) -> list[str]:
                      f"base+prompt {_rate(ref['judges'][TEACHER.name]['all']).strip()}")
     head = f"  {'adapter':<9}{'step':>6}{'α':>6}{'KL baked':>10}{'closure':>9}"
     head += f"{'KL +prompt':>11}" if reprompt else ""
-    head += f"   {'judged baked':<12}" if judged else ""
-    head += f"{'baked+prompt':<12}" if judged and reprompt else ""
+    head += f"   {'judges baked':<14}" if judged else ""
+    head += f"{'baked+prompt':<14}" if judged and reprompt else ""
     return lines + [head]
 
 
