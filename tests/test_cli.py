@@ -76,7 +76,8 @@ def test_generate_and_chat(baked_run, capsys, monkeypatch):
 def test_sample_then_train_equals_bake(baked_run, tiny_model_dir, tmp_path):
     out = tmp_path / "staged"
     assert main(["sample", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), *SMALL]) == 0
-    assert json.loads((out / "bake.json").read_text())["status"] == "sampled"
+    record = json.loads((out / "bake.json").read_text())
+    assert (record["status"], record["stage"]) == ("running", "sampled")
     assert (out / "trajectories.jsonl").read_bytes() == (baked_run / "trajectories.jsonl").read_bytes()
     assert main(["train", str(out), "--quiet", *TRAIN_SMALL]) == 0
     staged, whole = (json.loads((d / "bake.json").read_text())["metrics"] for d in (out, baked_run))

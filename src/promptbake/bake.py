@@ -6,6 +6,7 @@ with one model load.
 """
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import time
@@ -15,7 +16,8 @@ from pathlib import Path
 
 from . import __version__, runfolder
 from .config import BakeConfig, load_config, save_config
-from .data import read_trajectories, write_trajectories
+from .checkpoint import latest_checkpoint
+from .data import append_sampled, read_sampled, read_trajectories, write_trajectories
 from .errors import UserError
 from .eval.kl import HeldoutKL, closure
 from .logits import TeacherCache
@@ -81,15 +83,21 @@ def _update_status(run_dir: Path, **changes) -> dict:
 
 
 def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: bool = False, progress: bool = True,
-               keep_logits: bool = False):
+               keep_logits: bool = False, resume: bool = False):
     """Stage 1: split questions, sample teacher trajectories into `out`.
+
+    Each sampled batch is appended to trajectories.partial.jsonl as it finishes; with `resume` (a run folder whose
+    sampling was killed) the batches found there are kept and only the others are sampled, with the seeds they
+    would have had, so the trajectories equal an uninterrupted run's. trajectories.jsonl appears only when all are
+    sampled.
 
     Returns ((model, tokenizer, source), teacher_logits), the latter a list of [n_i, V] tensors in the order of
     trajectories.jsonl when `keep_logits` and they fit the teacher cache budget, else None.
     """
     system_prompt = _check_prompt(system_prompt)
     out = Path(out)
-    runfolder.check_out_dir(out, overwrite)                   # validate cheap inputs before loading or writing
+    if not resume:
+        runfolder.check_out_dir(out, overwrite)               # validate cheap inputs before loading or writing
     questions = load_questions(config.sample.questions)
     train_q, heldout_q = split_questions(questions, config.sample.train_questions, config.sample.heldout_questions,
                                          config.seed)
@@ -102,51 +110,86 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     _check_context(model, jobs, config.sample.max_new_tokens, prompt_tokens)
 
     with runfolder.run_lock(out):
-        runfolder.prepare_out_dir(out, overwrite)
-        runfolder.atomic_write_text(out / runfolder.SYSTEM_PROMPT, system_prompt)
-        save_config(config, out / runfolder.CONFIG_YAML)
-        runfolder.atomic_write_json(out / runfolder.BAKE_JSON, {
-            "status": "sampling",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": vars(source),
-            "system_prompt": system_prompt,
-            "system_prompt_tokens": prompt_tokens,
-            "framing": describe_framing(tokenizer, system_prompt),
-            "seed": config.seed,
-            "config": config.to_dict(),
-            "questions": {"source": config.sample.questions, "train": train_q, "heldout": heldout_q},
-            "versions": _versions(),
-        })
-        keep_logits = keep_logits and TeacherCache.fits(model, len(jobs) * config.sample.max_new_tokens,
-                                                        config.train.teacher_cache_gb)
+        progress_file = out / runfolder.SAMPLING_PROGRESS
+        if resume:
+            _terminate_torn_line(progress_file)
+            _update_status(out, status="running", stage="sampling")
+        else:
+            runfolder.prepare_out_dir(out, overwrite)
+            progress_file.unlink(missing_ok=True)
+            runfolder.atomic_write_text(out / runfolder.SYSTEM_PROMPT, system_prompt)
+            save_config(config, out / runfolder.CONFIG_YAML)
+            runfolder.atomic_write_json(out / runfolder.BAKE_JSON, {
+                "status": "running", "stage": "sampling",
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "model": vars(source),
+                "system_prompt": system_prompt,
+                "system_prompt_tokens": prompt_tokens,
+                "framing": describe_framing(tokenizer, system_prompt),
+                "seed": config.seed,
+                "config": config.to_dict(),
+                "questions": {"source": config.sample.questions, "train": train_q, "heldout": heldout_q},
+                "versions": _versions(),
+            })
+        done = {split: read_sampled(progress_file, split) for split in ("train", "heldout")}
+        keep_logits = keep_logits and not any(done.values()) and TeacherCache.fits(
+            model, len(jobs) * config.sample.max_new_tokens, config.train.teacher_cache_gb)
         try:
             start = time.perf_counter()
             # Held-out and training samples come from separate seed streams, so the held-out trajectories depend only
             # on the held-out questions and the seed, not on the training budget: bakes stay comparable.
-            train, train_logits = sample_trajectories(model, tokenizer, train_jobs, config.sample, 2 * config.seed + 1,
-                                                      progress, keep_logits, "sampling (train)")
-            heldout, heldout_logits = sample_trajectories(model, tokenizer, heldout_jobs, config.sample, 2 * config.seed,
-                                                          progress, keep_logits, "sampling (held-out)")
+            streams = []
+            for split, split_jobs, seed in (("train", train_jobs, 2 * config.seed + 1),
+                                            ("heldout", heldout_jobs, 2 * config.seed)):
+                streams.append(sample_trajectories(
+                    model, tokenizer, split_jobs, config.sample, seed, progress, keep_logits, f"sampling ({split})",
+                    done[split], lambda batch, split=split: append_sampled(progress_file, split, batch)))
+            (train, train_logits), (heldout, heldout_logits) = streams
             trajectories = train + heldout
             teacher = train_logits + heldout_logits if keep_logits else None
             seconds = time.perf_counter() - start
             write_trajectories(out / runfolder.TRAJECTORIES, trajectories)
+            progress_file.unlink(missing_ok=True)
         except BaseException as exc:
             _update_status(out, status="failed", error=f"sampling: {exc!r}")
             raise
         new_tokens = sum(len(t.completion_ids) for t in trajectories)
-        _update_status(out, status="sampled", metrics={
+        _update_status(out, status="running", stage="sampled", metrics={
             "sampling_seconds": seconds, "sampled_tokens": new_tokens, "sampling_tokens_per_s": new_tokens / seconds,
-            "unfinished_trajectories": sum(not t.finished for t in trajectories)})
+            "unfinished_trajectories": sum(not t.finished for t in trajectories),
+            "resumed_sampling_batches": bool(any(done.values()))})
         return (model, tokenizer, source), teacher
 
 
+def _terminate_torn_line(path: Path) -> None:
+    """A kill mid-write can leave the progress file without its last newline: end that line before appending."""
+    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        with open(path, "ab") as handle:
+            handle.write(b"\n")
+
+
+def _cut_metrics(path: Path, step: int) -> None:
+    """Keep metrics.jsonl lines up to `step` (the checkpoint a resumed run continues from); drop a torn line."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    runfolder.atomic_write_text(path, "".join(kept))
+
+
 def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = False, progress: bool = True,
-              loaded=None, teacher: list | None = None) -> BakeResult:
+              loaded=None, teacher: list | None = None, resume: bool = False) -> BakeResult:
     """Stage 2: train on `out/trajectories.jsonl`, save the adapter, record the held-out KL closure.
 
     `teacher` (from sample_run) are the teacher's logits per trajectory; without them the teacher runs once
     over all trajectories when its logits fit `train.teacher_cache_gb`, else at every training step.
+    With `resume`, training continues from the newest complete checkpoint (optimizer, scheduler, data order and
+    RNG included) instead of starting over.
     """
     out = Path(out)
     record = runfolder.read_bake_json(out)
@@ -161,11 +204,16 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
         raise UserError(f"{out}/{runfolder.TRAJECTORIES} needs both train and held-out trajectories "
                         f"(has {len(train)} train, {len(heldout)} held-out); sample again")
     with runfolder.run_lock(out):
-        (out / runfolder.METRICS).unlink(missing_ok=True)
-        for stale in (out / runfolder.ADAPTER, out / runfolder.CHECKPOINTS):
-            shutil.rmtree(stale, ignore_errors=True)
+        checkpoint = latest_checkpoint(out) if resume else None
+        if checkpoint is not None:
+            _cut_metrics(out / runfolder.METRICS, int(checkpoint.name.split("-")[1]))
+        else:
+            (out / runfolder.METRICS).unlink(missing_ok=True)
+            shutil.rmtree(out / runfolder.CHECKPOINTS, ignore_errors=True)
+        shutil.rmtree(out / runfolder.ADAPTER, ignore_errors=True)
         save_config(config, out / runfolder.CONFIG_YAML)
-        _update_status(out, status="training", config=config.to_dict())
+        _update_status(out, status="running", stage="training", config=config.to_dict(),
+                       resumed_from=checkpoint.name if checkpoint else None)
         try:
             model, tokenizer, _ = loaded or load_base(config)
             model = add_lora(model, config.train, config.seed)
@@ -179,7 +227,7 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
             heldout_cache = TeacherCache([teacher[i] for i in heldout_idx]) if teacher else None
             heldout_kl = HeldoutKL(model, heldout, pad_id, budget, heldout_cache)
             summary = train_adapter(model, train, config.train, pad_id, config.seed, out, heldout_kl, progress,
-                                    train_cache)
+                                    train_cache, resume_from=checkpoint)
             save_adapter(model, out / runfolder.ADAPTER)
             curve = summary["heldout_curve"]   # starts at step 0, the fresh adapter (B = 0), i.e. the base model
             kl_before = curve[0]["heldout_kl"]
@@ -195,9 +243,29 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
             "final_train_loss": summary["final_loss"], "teacher_cached": teacher is not None,
             "train_trajectories": len(train), "heldout_trajectories": len(heldout), "heldout_tokens": heldout_kl.tokens,
         })
-        _update_status(out, status="finished", metrics=metrics,
+        _update_status(out, status="finished", stage="finished", metrics=metrics,
                        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         return BakeResult(out=out, metrics=metrics, heldout_curve=summary["heldout_curve"])
+
+
+def resume_bake(out: str | Path, progress: bool = True) -> BakeResult:
+    """Finish a bake that was killed: keep its sampled batches and continue training from its last checkpoint.
+
+    The prompt and config are the run folder's own (system_prompt.txt, config.yaml).
+    """
+    out = Path(out)
+    record = runfolder.read_bake_json(out)
+    if record.get("status") == "finished":
+        raise UserError(f"{out} already holds a finished bake; nothing to resume")
+    for name in (runfolder.SYSTEM_PROMPT, runfolder.CONFIG_YAML):
+        if not (out / name).is_file():
+            raise UserError(f"{out} has no {name}: it cannot be resumed; bake again with --overwrite")
+    system_prompt = (out / runfolder.SYSTEM_PROMPT).read_text(encoding="utf-8")
+    config = load_config(out / runfolder.CONFIG_YAML)
+    loaded = None
+    if not (out / runfolder.TRAJECTORIES).is_file():
+        loaded, _ = sample_run(system_prompt, out, config, progress=progress, resume=True)
+    return train_run(out, config, overwrite=True, progress=progress, loaded=loaded, resume=True)
 
 
 def bake(system_prompt: str, out: str | Path = "runs/bake", config: BakeConfig | None = None,

@@ -75,11 +75,28 @@ def _print_metrics(metrics: dict, out: Path) -> None:
           f"adapter in {out / 'adapter'}")
 
 
-def cmd_bake(args: argparse.Namespace) -> int:
-    from .bake import bake
+def _check_resume(args: argparse.Namespace) -> None:
+    """--resume continues a run exactly as it was configured: settings that would change it are refused."""
+    given = sorted(k.split(".", 1)[-1].replace("_", "-") for k, v in vars(args).items()
+                   if ("." in k or k in ("seed", "config")) and v is not None)
+    if given:
+        raise UserError(f"--resume continues the run with its own config.yaml; drop --{', --'.join(given)} "
+                        f"(or start a new bake in another --out)")
+    if args.overwrite:
+        raise UserError("give either --resume (continue the run in --out) or --overwrite (replace it), not both")
 
-    prompt = _read_prompt(args)
-    result = bake(prompt, args.out, _resolve_config(args), overwrite=args.overwrite, progress=not args.quiet)
+
+def cmd_bake(args: argparse.Namespace) -> int:
+    from .bake import bake, resume_bake
+
+    if args.resume:
+        _check_resume(args)
+        if args.prompt is not None or args.prompt_file is not None:
+            raise UserError("--resume bakes the run's own system_prompt.txt; drop --prompt / --prompt-file")
+        result = resume_bake(args.out, progress=not args.quiet)
+    else:
+        result = bake(_read_prompt(args), args.out, _resolve_config(args), overwrite=args.overwrite,
+                      progress=not args.quiet)
     _print_metrics(result.metrics, result.out)
     if args.compare:
         _compare(result.out, args.compare)
@@ -150,7 +167,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     runfolder.read_bake_json(args.dir)  # a clear error when DIR is not a run folder
     base = load_config(Path(args.dir) / runfolder.CONFIG_YAML)
-    result = train_run(Path(args.dir), _resolve_config(args, base), args.overwrite, progress=not args.quiet)
+    if args.resume:
+        _check_resume(args)
+    result = train_run(Path(args.dir), _resolve_config(args, base), args.overwrite, progress=not args.quiet,
+                       resume=args.resume)
     _print_metrics(result.metrics, result.out)
     return 0
 
@@ -319,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     bake_p = prompt_verb("bake", "sample from the prompted model, train the adapter, save the run folder", True)
+    bake_p.add_argument("--resume", action="store_true",
+                        help="continue a killed bake in --out: keep its sampled batches, train on from its last "
+                             "checkpoint (the run's own prompt and config)")
     bake_p.add_argument("--compare", type=int, default=3, metavar="N",
                         help="print base / prompted / baked answers for N held-out questions (0: skip)")
     bake_p.set_defaults(func=cmd_bake)
@@ -338,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_p.add_argument("dir", help="run folder written by `promptbake sample`")
     train_p.add_argument("--overwrite", action="store_true", help="retrain a folder that holds a finished bake")
     train_p.add_argument("--quiet", action="store_true", help="no progress bars")
+    train_p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of a killed run")
     _add_model_flags(train_p)
     _add_section_flags(train_p, "train", TrainConfig)
     train_p.set_defaults(func=cmd_train)

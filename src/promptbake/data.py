@@ -8,6 +8,7 @@ is supervised once, and teacher and student select identical targets whatever th
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -32,6 +33,32 @@ class Trajectory:
 
 def write_trajectories(path: Path, trajectories: list[Trajectory]) -> None:
     atomic_write_text(path, "".join(json.dumps(asdict(t), ensure_ascii=False) + "\n" for t in trajectories))
+
+
+def append_sampled(path: Path, split: str, batch: list[tuple[int, Trajectory]]) -> None:
+    """Append one sampled batch to the progress file of a running bake, as one write, flushed to disk."""
+    lines = "".join(json.dumps({"job": i, **asdict(t)}, ensure_ascii=False) + "\n" for i, t in batch)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(lines)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_sampled(path: Path, split: str) -> dict[int, Trajectory]:
+    """The trajectories of `split` in a progress file, by job index; a torn line (a kill mid-write) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    done = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            job = record.pop("job")
+            if record["split"] == split:
+                done[job] = Trajectory(**record)
+        except (ValueError, TypeError, KeyError):
+            continue   # only the last line of a killed write can be torn; its batch is sampled again
+    return done
 
 
 def read_trajectories(path: Path) -> list[Trajectory]:

@@ -17,6 +17,7 @@ BAKE_JSON = "bake.json"
 SYSTEM_PROMPT = "system_prompt.txt"
 CONFIG_YAML = "config.yaml"
 TRAJECTORIES = "trajectories.jsonl"
+SAMPLING_PROGRESS = "trajectories.partial.jsonl"   # sampled batches of a running bake; gone once sampling ends
 METRICS = "metrics.jsonl"
 ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
@@ -95,8 +96,11 @@ def check_out_dir(out: Path, overwrite: bool) -> bool:
         raise UserError(f"--out {out} is a non-empty folder that is not a promptbake run; choose a new or empty folder")
     if not overwrite:
         status = read_bake_json(out).get("status", "unknown")
-        kind = "a finished bake" if status == "finished" else f"an unfinished bake (status: {status})"
-        raise UserError(f"--out {out} already holds {kind}; choose another --out or pass --overwrite to replace it")
+        if status == "finished":
+            raise UserError(f"--out {out} already holds a finished bake; choose another --out or pass --overwrite "
+                            f"to replace it")
+        raise UserError(f"--out {out} already holds an unfinished bake (status: {status}); pass --resume to "
+                        f"continue it, or --overwrite to replace it")
     return True
 
 

@@ -61,25 +61,35 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
 
 
 def sample_trajectories(model, tokenizer, jobs: list[dict], cfg: SampleConfig, seed: int,
-                        progress: bool = True, keep_logits: bool = False, desc: str = "sampling"):
+                        progress: bool = True, keep_logits: bool = False, desc: str = "sampling",
+                        done: dict[int, Trajectory] | None = None, on_batch=None):
     """Sample one trajectory per job.
 
     Args:
         jobs: dicts with question, split, sample_index, teacher_prompt_ids, student_prompt_ids.
         keep_logits: also return the teacher's logits for every sampled token (see generate_batch).
+        done: trajectories already sampled, by job index (a resumed run): a batch whose jobs are all there is
+            skipped; any other batch is sampled whole, so it gets exactly the tokens an uninterrupted run gets.
+        on_batch: called with [(job index, Trajectory)] after each sampled batch (the resumable progress file).
     Returns:
         (trajectories, logits): trajectories in the order of `jobs` (each batch is seeded from (seed, batch index)
         so a run repeats); logits[i] is [len(completion_i), V] float32 with keep_logits, else logits is None.
+        Logits of skipped batches are not known: pass keep_logits only when nothing is `done`.
     """
     stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
     pad_id = tokenizer.pad_token_id
     gen_config = generation_config(cfg, stop_ids, pad_id)
     order = sorted(range(len(jobs)), key=lambda i: len(jobs[i]["teacher_prompt_ids"]))
     batches = [order[i:i + cfg.sample_batch_size] for i in range(0, len(order), cfg.sample_batch_size)]
+    done = done or {}
     results: dict[int, Trajectory] = {}
     logits: dict[int, torch.Tensor] = {}
     bar = tqdm(total=len(jobs), desc=desc, unit="traj", disable=not progress)
     for number, batch in enumerate(batches):
+        if all(i in done for i in batch):
+            results.update((i, done[i]) for i in batch)
+            bar.update(len(batch))
+            continue
         torch.manual_seed(seed * 100_003 + number)
         prompts = [jobs[i]["teacher_prompt_ids"] for i in batch]
         out, kept = generate_batch(model, prompts, gen_config, pad_id, stop_ids, keep_logits)
@@ -88,6 +98,8 @@ def sample_trajectories(model, tokenizer, jobs: list[dict], cfg: SampleConfig, s
         for i, (ids, finished) in zip(batch, out):
             results[i] = Trajectory(**jobs[i], completion_ids=ids, finished=finished,
                                     text=tokenizer.decode(ids, skip_special_tokens=True))
+        if on_batch:
+            on_batch([(i, results[i]) for i in batch])
         bar.update(len(batch))
     bar.close()
     trajectories = [results[i] for i in range(len(jobs))]

@@ -1,6 +1,7 @@
 """The training loop: LoRA student vs. the same model with the adapter disabled as teacher, per-token KL."""
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from peft import LoraConfig, get_peft_model
 from tqdm.auto import tqdm
 
 from . import runfolder
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Trajectory, collate, micro_batches
 from .errors import UserError
@@ -59,11 +61,24 @@ def _step_loss(model, train: list[Trajectory], group: list[int], pad_id: int, di
     return float(kl_sum.detach()), int(batch["student_attention_mask"].sum())
 
 
+def _so_far(metrics_path: Path) -> tuple[list[dict], float]:
+    """(held-out KL curve, last training loss) from the metrics.jsonl of a resumed run."""
+    lines = metrics_path.read_text(encoding="utf-8").splitlines() if metrics_path.is_file() else []
+    records = [json.loads(line) for line in lines if line.strip()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    curve = [{"step": r["step"], "heldout_kl": r["heldout_kl"]} for r in records if "heldout_kl" in r]
+    return curve, losses[-1] if losses else float("nan")
+
+
 def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int, seed: int, run_dir: Path,
-                  heldout: HeldoutKL | None = None, progress: bool = True, cache: TeacherCache | None = None) -> dict:
+                  heldout: HeldoutKL | None = None, progress: bool = True, cache: TeacherCache | None = None,
+                  resume_from: Path | None = None) -> dict:
     """Train the LoRA adapter of `model` (a PeftModel) in place; write metrics.jsonl and checkpoints/step-N.
 
     `cache` holds the teacher's logits for `train` (same order); without it the teacher runs at every step.
+    `resume_from` is a checkpoint folder (checkpoint.latest_checkpoint): adapter, optimizer, scheduler and RNG are
+    restored, the data order is replayed, and training goes on from the step after it; metrics.jsonl must already
+    be cut back to that step.
 
     Returns a summary: steps, final training loss, held-out KL curve, seconds.
     """
@@ -77,17 +92,21 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, total_steps, cfg.lr_schedule))
     order_rng = torch.Generator().manual_seed(seed)
-    curve = []
-    if heldout is not None:
+    resumed = load_checkpoint(model, optimizer, scheduler, resume_from) if resume_from else 0
+    curve, loss = _so_far(metrics_path) if resume_from else ([], float("nan"))
+    if heldout is not None and not resume_from:
         curve.append({"step": 0, "heldout_kl": heldout.measure(model)})
         runfolder.append_jsonl(metrics_path, curve[-1])
 
     model.train()
-    bar = tqdm(total=total_steps, desc="training", unit="step", disable=not progress)
-    start, step, loss = time.perf_counter(), 0, float("nan")
+    bar = tqdm(total=total_steps, initial=resumed, desc="training", unit="step", disable=not progress)
+    start, step = time.perf_counter(), 0
     for epoch in range(cfg.epochs):
-        order = torch.randperm(len(train), generator=order_rng).tolist()
+        order = torch.randperm(len(train), generator=order_rng).tolist()   # drawn every epoch: resume replays it
         for first in range(0, len(order), cfg.batch_size):
+            if step < resumed:
+                step += 1
+                continue
             step_start = time.perf_counter()
             chosen = order[first:first + cfg.batch_size]
             step_tokens = sum(len(train[i].completion_ids) for i in chosen)
@@ -99,7 +118,9 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
                 seen += tokens
             loss = kl_total / step_tokens
             if not math.isfinite(loss):
-                raise UserError(f"training loss became {loss} at step {step + 1}; lower --learning-rate "
+                last = latest_checkpoint(run_dir)
+                kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+                raise UserError(f"training loss became {loss} at step {step + 1}; {kept}. Lower --learning-rate "
                                 f"(now {cfg.learning_rate}) and bake again")
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
             lr = scheduler.get_last_lr()[0]   # the rate this step uses
@@ -111,7 +132,7 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
             record = {"step": step, "epoch": epoch + 1, "loss": loss, "lr": lr,
                       "grad_norm": float(grad_norm), "tokens": seen, "tokens_per_s": seen / seconds}
             if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == total_steps):
-                save_adapter(model, run_dir / runfolder.CHECKPOINTS / f"step-{step}")
+                save_checkpoint(model, optimizer, scheduler, step, run_dir / runfolder.CHECKPOINTS / f"step-{step}")
                 if heldout is not None:
                     record["heldout_kl"] = heldout.measure(model)
                     curve.append({"step": step, "heldout_kl": record["heldout_kl"]})
