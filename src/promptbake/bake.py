@@ -6,6 +6,7 @@ with one model load.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from . import __version__, runfolder
 from .config import BakeConfig, load_config, save_config
 from .checkpoint import latest_checkpoint
+from .distributed import barrier, is_main, world
 from .data import append_sampled, read_sampled, read_trajectories, write_trajectories
 from .errors import UserError
 from .eval.kl import HeldoutKL, closure
@@ -203,17 +205,12 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
     if not train or not heldout:
         raise UserError(f"{out}/{runfolder.TRAJECTORIES} needs both train and held-out trajectories "
                         f"(has {len(train)} train, {len(heldout)} held-out); sample again")
-    with runfolder.run_lock(out):
-        checkpoint = latest_checkpoint(out) if resume else None
-        if checkpoint is not None:
-            _cut_metrics(out / runfolder.METRICS, int(checkpoint.name.split("-")[1]))
-        else:
-            (out / runfolder.METRICS).unlink(missing_ok=True)
-            shutil.rmtree(out / runfolder.CHECKPOINTS, ignore_errors=True)
-        shutil.rmtree(out / runfolder.ADAPTER, ignore_errors=True)
-        save_config(config, out / runfolder.CONFIG_YAML)
-        _update_status(out, status="running", stage="training", config=config.to_dict(),
-                       resumed_from=checkpoint.name if checkpoint else None)
+    main = is_main()   # under `accelerate launch` only the main process writes the run folder
+    with runfolder.run_lock(out) if main else contextlib.nullcontext():
+        checkpoint = _prepare_training(out, config, resume) if main else None
+        barrier()
+        if not main and resume:
+            checkpoint = latest_checkpoint(out)
         try:
             model, tokenizer, _ = loaded or load_base(config)
             model = add_lora(model, config.train, config.seed)
@@ -225,27 +222,49 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
                 teacher = TeacherCache.compute(model, trajectories, pad_id, budget).logits
             train_cache = TeacherCache([teacher[i] for i in train_idx]) if teacher else None
             heldout_cache = TeacherCache([teacher[i] for i in heldout_idx]) if teacher else None
-            heldout_kl = HeldoutKL(model, heldout, pad_id, budget, heldout_cache)
+            heldout_kl = HeldoutKL(model, heldout, pad_id, budget, heldout_cache) if main else None
             summary = train_adapter(model, train, config.train, pad_id, config.seed, out, heldout_kl, progress,
                                     train_cache, resume_from=checkpoint)
-            save_adapter(model, out / runfolder.ADAPTER)
-            curve = summary["heldout_curve"]   # starts at step 0, the fresh adapter (B = 0), i.e. the base model
-            kl_before = curve[0]["heldout_kl"]
-            kl_after = curve[-1]["heldout_kl"] if curve[-1]["step"] == summary["steps"] else heldout_kl.measure(model)
+            if main:
+                save_adapter(model, out / runfolder.ADAPTER)
+                curve = summary["heldout_curve"]   # starts at step 0, the fresh adapter (B = 0): the base model
+                kl_before = curve[0]["heldout_kl"]
+                kl_after = (curve[-1]["heldout_kl"] if curve[-1]["step"] == summary["steps"]
+                            else heldout_kl.measure(model))
             total = time.perf_counter() - start
         except BaseException as exc:
-            _update_status(out, status="failed", error=f"training: {exc!r}")
+            if main:
+                _update_status(out, status="failed", error=f"training: {exc!r}")
             raise
-        metrics = dict(record.get("metrics", {}))
-        metrics.update({
-            "heldout_kl_before": kl_before, "heldout_kl_after": kl_after, "closure": closure(kl_before, kl_after),
-            "training_seconds": summary["seconds"], "train_and_eval_seconds": total, "steps": summary["steps"],
-            "final_train_loss": summary["final_loss"], "teacher_cached": teacher is not None,
-            "train_trajectories": len(train), "heldout_trajectories": len(heldout), "heldout_tokens": heldout_kl.tokens,
-        })
-        _update_status(out, status="finished", stage="finished", metrics=metrics,
-                       finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        if main:
+            metrics = dict(record.get("metrics", {}))
+            metrics.update({
+                "heldout_kl_before": kl_before, "heldout_kl_after": kl_after, "closure": closure(kl_before, kl_after),
+                "training_seconds": summary["seconds"], "train_and_eval_seconds": total, "steps": summary["steps"],
+                "final_train_loss": summary["final_loss"], "teacher_cached": teacher is not None,
+                "train_trajectories": len(train), "heldout_trajectories": len(heldout),
+                "heldout_tokens": heldout_kl.tokens, "processes": world()[1],
+            })
+            _update_status(out, status="finished", stage="finished", metrics=metrics,
+                           finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        barrier()
+        metrics = runfolder.read_bake_json(out)["metrics"]
         return BakeResult(out=out, metrics=metrics, heldout_curve=summary["heldout_curve"])
+
+
+def _prepare_training(out: Path, config: BakeConfig, resume: bool) -> Path | None:
+    """Clear what training will write (or, resuming, cut it back to the last checkpoint); returns that checkpoint."""
+    checkpoint = latest_checkpoint(out) if resume else None
+    if checkpoint is not None:
+        _cut_metrics(out / runfolder.METRICS, int(checkpoint.name.split("-")[1]))
+    else:
+        (out / runfolder.METRICS).unlink(missing_ok=True)
+        shutil.rmtree(out / runfolder.CHECKPOINTS, ignore_errors=True)
+    shutil.rmtree(out / runfolder.ADAPTER, ignore_errors=True)
+    save_config(config, out / runfolder.CONFIG_YAML)
+    _update_status(out, status="running", stage="training", config=config.to_dict(),
+                   resumed_from=checkpoint.name if checkpoint else None)
+    return checkpoint
 
 
 def resume_bake(out: str | Path, progress: bool = True) -> BakeResult:
@@ -280,5 +299,10 @@ def bake(system_prompt: str, out: str | Path = "runs/bake", config: BakeConfig |
         BakeResult with the run folder and metrics (held-out KL before/after, closure, seconds).
     """
     config = config or BakeConfig()
-    loaded, teacher = sample_run(system_prompt, Path(out), config, overwrite, progress, keep_logits=True)
+    loaded, teacher = None, None
+    if is_main():   # under `accelerate launch` the main process samples; every process then trains on its share
+        # Teacher logits kept from sampling exist only in this process: with several, each computes its own.
+        loaded, teacher = sample_run(system_prompt, Path(out), config, overwrite, progress,
+                                     keep_logits=world()[1] == 1)
+    barrier()
     return train_run(Path(out), config, overwrite=True, progress=progress, loaded=loaded, teacher=teacher)

@@ -88,6 +88,7 @@ def _check_resume(args: argparse.Namespace) -> None:
 
 def cmd_bake(args: argparse.Namespace) -> int:
     from .bake import bake, resume_bake
+    from .distributed import is_main
 
     if args.resume:
         _check_resume(args)
@@ -97,6 +98,8 @@ def cmd_bake(args: argparse.Namespace) -> int:
     else:
         result = bake(_read_prompt(args), args.out, _resolve_config(args), overwrite=args.overwrite,
                       progress=not args.quiet)
+    if not is_main():      # another process of `accelerate launch`: the main one reports
+        return 0
     _print_metrics(result.metrics, result.out)
     if args.compare:
         _compare(result.out, args.compare)
@@ -164,6 +167,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from . import runfolder
     from .bake import train_run
+    from .distributed import is_main
 
     runfolder.read_bake_json(args.dir)  # a clear error when DIR is not a run folder
     base = load_config(Path(args.dir) / runfolder.CONFIG_YAML)
@@ -171,7 +175,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_resume(args)
     result = train_run(Path(args.dir), _resolve_config(args, base), args.overwrite, progress=not args.quiet,
                        resume=args.resume)
-    _print_metrics(result.metrics, result.out)
+    if is_main():
+        _print_metrics(result.metrics, result.out)
     return 0
 
 

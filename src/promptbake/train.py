@@ -14,6 +14,7 @@ from . import runfolder
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Trajectory, collate, micro_batches
+from .distributed import is_main, sum_gradients, sum_scalar, world
 from .errors import UserError
 from .eval.kl import HeldoutKL
 from .logits import TeacherCache, completion_logits, teacher_logits
@@ -79,6 +80,8 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
     `resume_from` is a checkpoint folder (checkpoint.latest_checkpoint): adapter, optimizer, scheduler and RNG are
     restored, the data order is replayed, and training goes on from the step after it; metrics.jsonl must already
     be cut back to that step.
+    Under `accelerate launch` each process trains on its share of every step and the gradients are summed
+    (distributed.py); only the main process measures `heldout` and writes metrics and checkpoints.
 
     Returns a summary: steps, final training loss, held-out KL curve, seconds.
     """
@@ -94,12 +97,14 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
     order_rng = torch.Generator().manual_seed(seed)
     resumed = load_checkpoint(model, optimizer, scheduler, resume_from) if resume_from else 0
     curve, loss = _so_far(metrics_path) if resume_from else ([], float("nan"))
-    if heldout is not None and not resume_from:
+    if heldout is not None and not resume_from and is_main():
         curve.append({"step": 0, "heldout_kl": heldout.measure(model)})
         runfolder.append_jsonl(metrics_path, curve[-1])
 
+    rank, processes = world()
+    main = rank == 0
     model.train()
-    bar = tqdm(total=total_steps, initial=resumed, desc="training", unit="step", disable=not progress)
+    bar = tqdm(total=total_steps, initial=resumed, desc="training", unit="step", disable=not (progress and main))
     start, step = time.perf_counter(), 0
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(train), generator=order_rng).tolist()   # drawn every epoch: resume replays it
@@ -109,13 +114,16 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
                 continue
             step_start = time.perf_counter()
             chosen = order[first:first + cfg.batch_size]
-            step_tokens = sum(len(train[i].completion_ids) for i in chosen)
+            step_tokens = sum(len(train[i].completion_ids) for i in chosen)      # of the whole step, all processes
+            share = chosen[rank::processes]
             kl_total, seen = 0.0, 0
-            for group in micro_batches([train[i] for i in chosen], cfg.micro_batch_tokens):
-                group = [chosen[j] for j in group]
+            for group in micro_batches([train[i] for i in share], cfg.micro_batch_tokens) if share else []:
+                group = [share[j] for j in group]
                 kl_sum, tokens = _step_loss(model, train, group, pad_id, cfg.kl_direction, step_tokens, cache)
                 kl_total += kl_sum
                 seen += tokens
+            sum_gradients(params)
+            kl_total, seen = sum_scalar(kl_total), int(sum_scalar(seen))
             loss = kl_total / step_tokens
             if not math.isfinite(loss):
                 last = latest_checkpoint(run_dir)
@@ -131,13 +139,14 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
             seconds = time.perf_counter() - step_start
             record = {"step": step, "epoch": epoch + 1, "loss": loss, "lr": lr,
                       "grad_norm": float(grad_norm), "tokens": seen, "tokens_per_s": seen / seconds}
-            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == total_steps):
+            if main and cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == total_steps):
                 save_checkpoint(model, optimizer, scheduler, step, run_dir / runfolder.CHECKPOINTS / f"step-{step}")
                 if heldout is not None:
                     record["heldout_kl"] = heldout.measure(model)
                     curve.append({"step": step, "heldout_kl": record["heldout_kl"]})
                 model.train()
-            runfolder.append_jsonl(metrics_path, record)
+            if main:
+                runfolder.append_jsonl(metrics_path, record)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
             bar.update(1)
     bar.close()
