@@ -141,3 +141,26 @@ def test_checkpoint_restores_the_optimizer_exactly(tiny_model_dir, tmp_path):
     for state, restored in zip(optimizer.state.values(), fresh_opt.state.values()):
         assert all(torch.equal(state[k], restored[k]) for k in state)
     assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))   # no pickle on disk
+
+
+def test_a_nan_loss_stops_training_keeps_the_last_checkpoint_and_marks_the_run_failed(
+        tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import promptbake.train as train
+
+    original, calls = train.per_token_kl, [0]
+
+    def poisoned(*args, **kwargs):   # from the 5th micro-batch (step 5) on, the loss is NaN
+        calls[0] += 1
+        kl = original(*args, **kwargs)
+        return kl * float("nan") if calls[0] >= 5 else kl
+
+    monkeypatch.setattr(train, "per_token_kl", poisoned)
+    out = tmp_path / "run"
+    assert main(["bake", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), *FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert "training loss became nan at step 5" in err and f"{out / 'checkpoints' / 'step-4'}" in err
+    assert err.count("\n") == 1
+    record = json.loads((out / "bake.json").read_text())
+    assert record["status"] == "failed" and "training" in record["error"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]
+    assert not (out / "adapter").exists()

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__, runfolder
-from .config import BakeConfig, load_config, save_config
+from .config import BakeConfig, load_config, override, save_config
 from .checkpoint import latest_checkpoint
 from .distributed import barrier, is_main, world
 from .data import append_sampled, read_sampled, read_trajectories, write_trajectories
@@ -25,7 +25,7 @@ from .eval.kl import HeldoutKL, closure
 from .logits import TeacherCache
 from .base import load_base
 from .prompts import describe_framing, student_prompt_ids, teacher_prompt_ids
-from .questions import load_questions, split_questions
+from .questions import ARITHMETIC, BUILTIN, load_questions, split_questions
 from .sampling import sample_trajectories
 from .train import add_lora, save_adapter, train_adapter
 
@@ -98,6 +98,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     """
     system_prompt = _check_prompt(system_prompt)
     out = Path(out)
+    config = _absolute_paths(config)
     if not resume:
         runfolder.check_out_dir(out, overwrite)               # validate cheap inputs before loading or writing
     questions = load_questions(config.sample.questions)
@@ -161,6 +162,17 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
             "unfinished_trajectories": sum(not t.finished for t in trajectories),
             "resumed_sampling_batches": bool(any(done.values()))})
         return (model, tokenizer, source), teacher
+
+
+def _absolute_paths(config: BakeConfig) -> BakeConfig:
+    """Paths in the config, made absolute: the saved config.yaml then reloads (resume, eval) from any directory."""
+    changes = {}
+    if config.sample.questions not in (BUILTIN, ARITHMETIC):
+        changes["sample.questions"] = str(Path(config.sample.questions).expanduser().resolve())
+    model = Path(config.model.name).expanduser()
+    if model.exists():
+        changes["model.name"] = str(model.resolve())
+    return override(config, changes) if changes else config
 
 
 def _terminate_torn_line(path: Path) -> None:

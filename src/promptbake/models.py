@@ -104,9 +104,14 @@ def load_model(name: str, allow_download: bool = False, trust_remote_code: bool 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.folder, local_files_only=offline,
                                                   trust_remote_code=trust_remote_code)
+        # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when loaded
         model = AutoModelForCausalLM.from_pretrained(source.folder, local_files_only=offline, dtype=torch.float32,
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code, use_safetensors=True)
     except OSError as exc:
+        if "safetensors" in str(exc):
+            raise UserError(f"model {name!r} has no safetensors weights; promptbake loads only safetensors (pickled "
+                            f".bin checkpoints can run code when loaded); load it once in an environment you trust "
+                            f"and re-save it with save_pretrained, which writes safetensors") from None
         if source.kind != "hub":
             raise UserError(f"cannot load model from {source.folder}: {exc}") from None
         how = ("it is not in the local Hugging Face cache and downloads are off; pass --allow-download "
