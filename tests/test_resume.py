@@ -158,8 +158,9 @@ def test_a_nan_loss_stops_training_keeps_the_last_checkpoint_and_marks_the_run_f
     out = tmp_path / "run"
     assert main(["bake", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), *FLAGS]) == 2
     err = capsys.readouterr().err
-    assert "training loss became nan at step 5" in err and f"{out / 'checkpoints' / 'step-4'}" in err
-    assert err.count("\n") == 1
+    last = err.strip().splitlines()[-1]                              # one line, after the loading bars
+    assert last.startswith("promptbake: error: training loss became nan at step 5")
+    assert f"{out / 'checkpoints' / 'step-4'}" in last
     record = json.loads((out / "bake.json").read_text())
     assert record["status"] == "failed" and "training" in record["error"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]
