@@ -47,3 +47,14 @@ def test_two_processes_train_the_one_process_adapter(sampled, tmp_path):
     assert second["closure"] == pytest.approx(first["closure"], abs=1e-5)
     metrics = (two / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == list(range(9))  # written once, by the main process
+
+
+@pytest.mark.parametrize("backend", ["FSDP", "DEEPSPEED"])
+def test_sharded_backends_are_refused_not_silently_ignored(sampled, tmp_path, monkeypatch, capsys, backend):
+    run = shutil.copytree(sampled, tmp_path / "run")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv(f"ACCELERATE_USE_{backend}", "true")
+    assert main(["train", str(run), *TRAIN]) == 2
+    err = capsys.readouterr().err
+    assert "data parallelism only" in err and err.count("\n") == 1
+    assert not (run / "adapter").exists()

@@ -1,8 +1,10 @@
 """Data parallelism under `accelerate launch`: which process this is, gradient averaging, main-process-only writes.
 
 Outside `accelerate launch` (no WORLD_SIZE > 1 in the environment) every function here is a no-op for one process,
-and torch.distributed is never initialised. Under it, accelerate's PartialState sets up the process group: gloo on
-CPU (`cpu=True` when there is no GPU), NCCL on GPUs.
+and torch.distributed is never initialised. Under it, accelerate's PartialState sets up the process group. Training
+runs on the CPU for now (models are not placed on a GPU), so the backend is gloo; NCCL comes with CUDA placement.
+Each process holds the whole model: this is data parallelism, not FSDP or DeepSpeed sharding, and an accelerate
+config that asks for those is refused rather than silently ignored.
 
 Each process takes its share of every optimizer step's trajectories; the summed KL of its share is divided by the
 token count of the whole step, so summing the processes' gradients gives exactly the one-process gradient.
@@ -12,6 +14,8 @@ from __future__ import annotations
 import os
 
 import torch
+
+from .errors import UserError
 
 
 def _launched() -> bool:
@@ -24,7 +28,12 @@ def world() -> tuple[int, int]:
         return 0, 1
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    for name in ("FSDP", "DEEPSPEED"):
+        if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() in ("1", "true"):
+            raise UserError(f"promptbake trains with data parallelism only (every process holds the whole model and "
+                            f"the LoRA gradients are summed); {name.title()} is not supported yet: launch with "
+                            f"`accelerate launch --multi_gpu --num_processes N` and no {name.lower()} config")
+    state = PartialState(cpu=True)
     return state.process_index, state.num_processes
 
 
