@@ -28,7 +28,7 @@ def test_unknown_key_suggests_the_nearest(tmp_path):
 
 
 def test_wrong_type_names_field_and_value():
-    with pytest.raises(UserError, match=r"train.epochs must be a int \(got 'two'\)"):
+    with pytest.raises(UserError, match=r"train.epochs must be an integer \(got 'two'\)"):
         config_from_dict({"train": {"epochs": "two"}})
 
 

@@ -4,13 +4,44 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import re
 import sys
 from pathlib import Path
 
-from .config import BakeConfig, SampleConfig, TrainConfig, check_strength, load_config, override
+from .config import (SEED_LIMIT, BakeConfig, SampleConfig, TrainConfig, check_strength, load_config, not_utf8,
+                     override)
 from .errors import UserError
 
 DEFAULT_OUT = "runs/bake"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints usage and the error on two lines and exits; ours is one UserError line like the rest."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _flag_type(name: str, parse, ok, rule: str):
+    """An argparse `type` that parses a flag and checks its range; argparse turns the error into our one line."""
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule} (got {text!r})")
+        return value
+
+    convert.__name__ = name
+    return convert
+
+
+COUNT = _flag_type("count", int, lambda n: n >= 1, "a whole number >= 1")
+TEMPERATURE = _flag_type("temperature", float, lambda t: math.isfinite(t) and t >= 0, "a finite number >= 0")
+SEED = _flag_type("seed", int, lambda s: 0 <= s < SEED_LIMIT, "a whole number in [0, 2**32)")
+CHECKPOINT = _flag_type("checkpoint", str, lambda c: re.fullmatch(r"step-\d+", c), "a checkpoint name like step-8")
 
 
 def _add_section_flags(parser: argparse.ArgumentParser, section: str, cls) -> None:
@@ -46,16 +77,28 @@ def _resolve_config(args: argparse.Namespace, base: BakeConfig | None = None) ->
     return override(config, given) if given else config
 
 
+MAX_PROMPT_BYTES = 1_000_000   # ~250k tokens: past any context a bake can fit, and tokenizing more takes minutes
+
+
 def _read_prompt(args: argparse.Namespace) -> str:
     if args.prompt is not None and args.prompt_file is not None:
         raise UserError("give either --prompt or --prompt-file, not both")
     if args.prompt_file is not None:
+        path = Path(args.prompt_file)
+        if not path.exists():
+            raise UserError(f"prompt file {path} does not exist")
+        if not path.is_file():
+            kind = "a folder, not a file" if path.is_dir() else "not a file"
+            raise UserError(f"prompt file {path} is {kind}; give a text file")
+        if path.stat().st_size > MAX_PROMPT_BYTES:
+            raise UserError(f"prompt file {path} is {path.stat().st_size / 1e6:.1f} MB; a system prompt must fit the "
+                            f"model's context, and promptbake reads at most {MAX_PROMPT_BYTES / 1e6:g} MB")
         try:
-            return Path(args.prompt_file).read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            raise UserError(f"prompt file {args.prompt_file} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read prompt file {args.prompt_file}: {exc}") from None
+            return path.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError as exc:
+            raise not_utf8("prompt file", path, exc) from None
+        except OSError as exc:
+            raise UserError(f"cannot read prompt file {path}: {exc.strerror}") from None
     if args.prompt is None:
         raise UserError("no prompt given; pass --prompt TEXT or --prompt-file FILE")
     return args.prompt.strip()
@@ -295,7 +338,8 @@ def _add_eval_parser(verbs) -> None:
     eval_p.add_argument("dir", help="run folder of a finished bake")
     eval_p.add_argument("--suite", default=DEFAULT_SUITES,
                         help=f"comma-separated suites (default {DEFAULT_SUITES}; available: {', '.join(SUITES)})")
-    eval_p.add_argument("--checkpoint", default=None, help="evaluate checkpoints/step-N instead of the final adapter")
+    eval_p.add_argument("--checkpoint", type=CHECKPOINT, default=None,
+                        help="evaluate checkpoints/step-N instead of the final adapter")
     eval_p.add_argument("--strength", default="1", metavar="A", help="adapter scale (default 1)")
     for f in dataclasses.fields(EvalConfig):
         flag = f"--{f.name.replace('_', '-')}"
@@ -320,14 +364,15 @@ def _add_strength_parser(verbs) -> None:
                      help=f"adapter scales to measure (default {DEFAULT_STRENGTHS})")
     sub.add_argument("--no-checkpoints", action="store_true", help="skip the checkpoints (half-baked models)")
     sub.add_argument("--no-reprompt", action="store_true", help="skip baked + prompt (re-prompting) at each point")
-    sub.add_argument("--samples", type=int, default=None, help="samples per probe (default: probe file's, else 8)")
-    sub.add_argument("--temperature", type=float, default=None, help="judge sampling temperature (default: bake's)")
-    sub.add_argument("--seed", type=int, default=0, help="sampling seed, the same at every point")
+    sub.add_argument("--samples", type=COUNT, default=None, help="samples per probe (default: probe file's, else 8)")
+    sub.add_argument("--temperature", type=TEMPERATURE, default=None,
+                     help="judge sampling temperature (default: bake's)")
+    sub.add_argument("--seed", type=SEED, default=0, help="sampling seed, the same at every point")
     sub.set_defaults(func=cmd_strength)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="promptbake", description="Bake prompts into LoRA weights.")
+    parser = _Parser(prog="promptbake", description="Bake prompts into LoRA weights.")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     def prompt_verb(name: str, help_text: str, with_train: bool, out: str = DEFAULT_OUT) -> argparse.ArgumentParser:
@@ -358,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     pursue_p.add_argument("--probes", default=None, help="judge probes (YAML, as for eval): the pursued behaviour")
     pursue_p.add_argument("--patience", type=int, default=1, help="stop after this many rounds in a row without a "
                                                                    "new best judge rate (default 1)")
-    pursue_p.add_argument("--samples", type=int, default=None, help="samples per probe (default: probe file's, else 8)")
+    pursue_p.add_argument("--samples", type=COUNT, default=None,
+                          help="samples per probe (default: probe file's, else 8)")
     pursue_p.add_argument("--locality", default="builtin", help="collapse guard: builtin, none, or a facts YAML")
     pursue_p.set_defaults(func=cmd_pursue)
 
@@ -377,16 +423,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("dir", help="run folder of a finished bake")
         if name == "generate":
             sub.add_argument("--question", required=True, help="the user message")
-            sub.add_argument("--samples", type=int, default=1, help="how many answers to sample")
+            sub.add_argument("--samples", type=COUNT, default=1, help="how many answers to sample")
             sub.add_argument("--base", action="store_true", help="answer with the base model (adapter off)")
             sub.add_argument("--json", action="store_true", help="print JSON")
         sub.add_argument("--reprompt", action="store_true", help="add the baked system prompt back (baked + u)")
-        sub.add_argument("--checkpoint", default=None, help="use checkpoints/step-N instead of the final adapter")
+        sub.add_argument("--checkpoint", type=CHECKPOINT, default=None,
+                         help="use checkpoints/step-N instead of the final adapter")
         sub.add_argument("--strength", default="1", metavar="A",
                          help="adapter scale: 0 = base model, 1 = the bake (default), > 1 extrapolates")
-        sub.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: bake's)")
-        sub.add_argument("--max-new-tokens", type=int, default=None, help="reply length limit (default: bake's)")
-        sub.add_argument("--seed", type=int, default=0, help="sampling seed")
+        sub.add_argument("--temperature", type=TEMPERATURE, default=None, help="sampling temperature (default: bake's)")
+        sub.add_argument("--max-new-tokens", type=COUNT, default=None, help="reply length limit (default: bake's)")
+        sub.add_argument("--seed", type=SEED, default=0, help="sampling seed")
         sub.set_defaults(func=func)
 
     _add_eval_parser(verbs)
@@ -406,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge_p = verbs.add_parser("merge", help="merge the adapter into the weights: a plain transformers model folder")
     merge_p.add_argument("dir", help="run folder of a finished bake")
     merge_p.add_argument("--out", required=True, help="folder for the merged model (safetensors + tokenizer)")
-    merge_p.add_argument("--checkpoint", default=None, help="merge checkpoints/step-N instead of the final adapter")
+    merge_p.add_argument("--checkpoint", type=CHECKPOINT, default=None,
+                         help="merge checkpoints/step-N instead of the final adapter")
     merge_p.add_argument("--strength", default="1", metavar="A", help="adapter scale to merge (default 1)")
     merge_p.add_argument("--overwrite", action="store_true", help="replace a merged model previously written to --out")
     merge_p.set_defaults(func=cmd_merge)
@@ -414,11 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except UserError as exc:
-        print(f"promptbake: error: {exc}", file=sys.stderr)
+        print(f"promptbake: error: {' '.join(str(exc).split())}", file=sys.stderr)   # always one line
         return 2
     except KeyboardInterrupt:
         print("promptbake: interrupted", file=sys.stderr)

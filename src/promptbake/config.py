@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,18 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+
+
+SEED_LIMIT = 2**32   # torch seeds are 64-bit, and sampling derives seeds ~10^5 times larger from this one
+
+
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxlevel = 40, 40, 4, 3, 2
+
+
+def show(value: Any) -> str:
+    """A value for an error message: repr, cut to one short line (a pasted file must not become the message)."""
+    return _short.repr(value)
 
 
 def _help(text: str, default: Any) -> Any:
@@ -50,11 +63,11 @@ class SampleConfig:
         for name in ("train_questions", "heldout_questions", "trajectories_per_question",
                      "heldout_trajectories_per_question", "max_new_tokens", "sample_batch_size"):
             if getattr(self, name) < 1:
-                out.append(f"sample.{name} must be >= 1 (got {getattr(self, name)})")
+                out.append(f"sample.{name} must be >= 1 (got {show(getattr(self, name))})")
         if self.sampling_temperature < 0:
-            out.append(f"sample.sampling_temperature must be >= 0 (got {self.sampling_temperature})")
+            out.append(f"sample.sampling_temperature must be >= 0 (got {show(self.sampling_temperature)})")
         if not 0 < self.top_p <= 1:
-            out.append(f"sample.top_p must be in (0, 1] (got {self.top_p})")
+            out.append(f"sample.top_p must be in (0, 1] (got {show(self.top_p)})")
         return out
 
 
@@ -81,18 +94,18 @@ class TrainConfig:
         out = []
         for name in ("lora_r", "epochs", "batch_size", "micro_batch_tokens"):
             if getattr(self, name) < 1:
-                out.append(f"train.{name} must be >= 1 (got {getattr(self, name)})")
+                out.append(f"train.{name} must be >= 1 (got {show(getattr(self, name))})")
         for name in ("warmup_steps", "checkpoint_every", "teacher_cache_gb"):
             if getattr(self, name) < 0:
-                out.append(f"train.{name} must be >= 0 (got {getattr(self, name)})")
+                out.append(f"train.{name} must be >= 0 (got {show(getattr(self, name))})")
         if self.learning_rate <= 0:
-            out.append(f"train.learning_rate must be > 0 (got {self.learning_rate})")
+            out.append(f"train.learning_rate must be > 0 (got {show(self.learning_rate)})")
         if not 0 <= self.lora_dropout < 1:
-            out.append(f"train.lora_dropout must be in [0, 1) (got {self.lora_dropout})")
+            out.append(f"train.lora_dropout must be in [0, 1) (got {show(self.lora_dropout)})")
         if self.lr_schedule not in ("constant", "cosine"):
-            out.append(f"train.lr_schedule must be constant or cosine (got {self.lr_schedule!r})")
+            out.append(f"train.lr_schedule must be constant or cosine (got {show(self.lr_schedule)})")
         if self.kl_direction not in ("forward", "reverse", "jsd"):
-            out.append(f"train.kl_direction must be forward, reverse or jsd (got {self.kl_direction!r})")
+            out.append(f"train.kl_direction must be forward, reverse or jsd (got {show(self.kl_direction)})")
         return out
 
 
@@ -108,6 +121,8 @@ class BakeConfig:
 
     def validate(self) -> None:
         problems = self.model.problems() + self.sample.problems() + self.train.problems()
+        if not 0 <= self.seed < SEED_LIMIT:
+            problems.append(f"seed must be in [0, 2**32) (got {show(self.seed)})")
         if problems:
             raise UserError("invalid config: " + "; ".join(problems))
 
@@ -137,36 +152,50 @@ class EvalConfig:
     seed: int = _help("sampling seed of every suite", 0)
 
     def __post_init__(self) -> None:
-        bad = [f"{name} must be >= 1 (got {getattr(self, name)})" for name in
+        bad = [f"{name} must be >= 1 (got {show(getattr(self, name))})" for name in
                ("samples", "turns", "dialogues", "problems", "questions", "limit")
                if getattr(self, name) is not None and getattr(self, name) < 1]
-        if self.temperature is not None and self.temperature < 0:
-            bad.append(f"temperature must be >= 0 (got {self.temperature})")
+        if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature >= 0):
+            bad.append(f"temperature must be a finite number >= 0 (got {show(self.temperature)})")
+        if not 0 <= self.seed < SEED_LIMIT:
+            bad.append(f"seed must be in [0, 2**32) (got {show(self.seed)})")
         if bad:
             raise UserError("bad eval settings: " + "; ".join(bad))
 
 
 def _suggest(key: str, valid: list[str]) -> str:
+    home = [name for name, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+    if home:                                        # a real setting, in the wrong place
+        return f" (it belongs under {home[0]}:)"
     close = difflib.get_close_matches(key, valid, n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(valid)})"
 
 
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 def _coerce(where: str, value: Any, default: Any) -> Any:
-    """Check a YAML/CLI value against the type of the field's default."""
+    """Check a YAML/CLI value against the type of the field's default; floats must be finite."""
     kind = type(default)
     if kind is bool:
         if isinstance(value, bool):
             return value
     elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:        # an int too large for a float
+                number = math.inf
+            if not math.isfinite(number):
+                raise UserError(f"{where} must be a finite number (got {show(value)})")
+            return number
     elif kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif kind is str:
         if isinstance(value, str):
             return value
-    raise UserError(f"{where} must be a {kind.__name__} (got {value!r})")
+    raise UserError(f"{where} must be {_KIND_NAMES[kind]} (got {show(value)})")
 
 
 def config_from_dict(data: dict, where: str = "config") -> BakeConfig:
@@ -177,7 +206,7 @@ def config_from_dict(data: dict, where: str = "config") -> BakeConfig:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in top_valid:
-            raise UserError(f"{where}: unknown key {key!r}{_suggest(str(key), top_valid)}")
+            raise UserError(f"{where}: unknown key {show(key)}{_suggest(str(key), top_valid)}")
         if key == "seed":
             kwargs["seed"] = _coerce(f"{where}: seed", value, 0)
             continue
@@ -185,33 +214,67 @@ def config_from_dict(data: dict, where: str = "config") -> BakeConfig:
         if value is None:
             value = {}
         if not isinstance(value, dict):
-            raise UserError(f"{where}: section {key!r} must be a mapping (got {value!r})")
+            raise UserError(f"{where}: section {key!r} must be a mapping (got {show(value)})")
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         section = {}
         for sub, subvalue in value.items():
             if sub not in defaults:
-                raise UserError(f"{where}: unknown key {key}.{sub}{_suggest(str(sub), list(defaults))}")
+                raise UserError(f"{where}: unknown key {show(f'{key}.{sub}')}{_suggest(str(sub), list(defaults))}")
             section[sub] = _coerce(f"{where}: {key}.{sub}", subvalue, defaults[sub])
         kwargs[key] = cls(**section)
     return BakeConfig(**kwargs)
 
 
-def load_config(path: str | Path) -> BakeConfig:
-    """Read a YAML config file; every problem becomes one UserError line."""
+def not_utf8(what: str, path: Path, exc: UnicodeDecodeError) -> UserError:
+    """The error for a text file that is not UTF-8: where the first bad byte is, and the fix."""
+    return UserError(f"{what} {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start}); "
+                     f"save it as UTF-8")
+
+
+MAX_YAML_BYTES = 1_000_000   # far above any real config or probe file; parsing this much YAML already takes seconds
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """pyyaml's own message spans several lines; keep the line number and the one-line problem."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f": it holds the control character U+{code:04X} at position {exc.position}; is it a text file?"
+    if isinstance(exc, RecursionError):
+        return ": it is nested too deeply"
+    if not isinstance(exc, yaml.YAMLError):   # a constructor choking on a tagged or date-like value (2020-02-30)
+        return f": a value cannot be read ({exc}); quote it to keep it as text"
+    mark = getattr(exc, "problem_mark", None)
+    at = f" at line {mark.line + 1}" if mark else ""
+    return f"{at}: {' '.join(str(getattr(exc, 'problem', None) or exc).split())}"
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """Parse a YAML file (`what` names it in messages, e.g. "config file"); every problem is one UserError line."""
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise UserError(f"{what} {path} is {'a folder, ' if path.is_dir() else ''}not a file; give a YAML file")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise UserError(f"{what} {path} is {size / 1e6:.1f} MB, more than the {MAX_YAML_BYTES / 1e6:g} MB a "
+                        f"{what} may have; is it the right file?")
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read config file {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise not_utf8(what, path, exc) from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"config file {path} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    return config_from_dict(data or {}, where=str(path))
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, KeyError, AttributeError, TypeError, RecursionError) as exc:
+        raise UserError(f"{what} {path} is not valid YAML{_yaml_problem(exc)}") from None
+
+
+def load_config(path: str | Path) -> BakeConfig:
+    """Read a YAML config file; every problem becomes one UserError line. An empty file means all defaults."""
+    data = read_yaml(path, "config file")
+    return config_from_dict({} if data is None else data, where=str(path))
 
 
 def override(config: BakeConfig, dotted: dict[str, Any]) -> BakeConfig:
@@ -220,6 +283,8 @@ def override(config: BakeConfig, dotted: dict[str, Any]) -> BakeConfig:
     for key, value in dotted.items():
         if "." in key:
             section, name = key.split(".", 1)
+            if section not in SECTIONS:
+                raise UserError(f"command line: unknown setting {show(key)}{_suggest(section, list(SECTIONS))}")
             data[section][name] = value
         else:
             data[key] = value

@@ -6,6 +6,7 @@ import random
 from importlib import resources
 from pathlib import Path
 
+from .config import not_utf8
 from .errors import UserError
 
 BUILTIN = "builtin"
@@ -53,8 +54,8 @@ def load_questions(source: str) -> list[str]:
             raise UserError(f"question file {path} does not exist; give a .txt (one per line) or .jsonl file")
         try:
             text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise UserError(f"question file {path} is not UTF-8 text; save it as UTF-8") from None
+        except UnicodeDecodeError as exc:
+            raise not_utf8("question file", path, exc) from None
         except OSError as exc:
             raise UserError(f"cannot read question file {path}: {exc.strerror}") from None
         if path.suffix == ".jsonl":

@@ -21,6 +21,8 @@ SAMPLING_PROGRESS = "trajectories.partial.jsonl"   # sampled batches of a runnin
 METRICS = "metrics.jsonl"
 ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
+RECORD_KEYS = ("status", "model", "system_prompt", "config")   # written together with the first bake.json
+DAMAGED = "the run folder is damaged; bake it again (--overwrite replaces it)"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -76,13 +78,29 @@ def atomic_save_dir(final: Path, write) -> None:
 
 
 def read_bake_json(run_dir: Path) -> dict:
-    path = Path(run_dir) / BAKE_JSON
+    """The run folder's bake.json record; a missing folder or a damaged record is a one-line UserError."""
+    run_dir = Path(run_dir)
+    path = run_dir / BAKE_JSON
+    if not run_dir.exists():
+        raise UserError(f"{run_dir} is not a promptbake run folder: it does not exist; give the --out folder of a "
+                        f"`promptbake bake`")
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a promptbake run folder: it is a file; give the --out folder of a "
+                        f"`promptbake bake`")
     if not path.is_file():
         raise UserError(f"{run_dir} is not a promptbake run folder (no {BAKE_JSON}); bake one with `promptbake bake`")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); the run folder is damaged") from None
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text; {DAMAGED}") from None
+    except ValueError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); {DAMAGED}") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path} holds a JSON {type(record).__name__}, not the bake record (an object); {DAMAGED}")
+    missing = [key for key in RECORD_KEYS if key not in record]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(map(repr, missing))}; {DAMAGED}")
+    return record
 
 
 def check_out_dir(out: Path, overwrite: bool) -> bool:

@@ -17,11 +17,11 @@ Knowledge file (see examples/news_knowledge.yaml): the same settings, and probes
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from ..config import read_yaml, show
 from ..errors import UserError
 from .checks import Check
 
@@ -57,20 +57,6 @@ class ProbeFile:
                         f"({', '.join(p.name for p in self.probes)})")
 
 
-def _read_yaml(path: str | Path) -> object:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"probe file {path} does not exist" if not path.exists() else f"probe file {path} is not a file")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"probe file {path} is not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"probe file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-
-
 def _unknown(keys, allowed, where: str) -> None:
     for key in keys:
         if key not in allowed:
@@ -83,27 +69,34 @@ def _setting(data: dict, key: str, kind, source: str, minimum: float):
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
-        raise UserError(f"{source}: {key} must be a {'whole ' if kind is int else ''}number ≥ {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise UserError(f"{source}: {key} must be a {'whole ' if kind is int else 'finite '}number ≥ {minimum}, "
+                        f"got {show(value)}")
     return value
 
 
 def _entries(path: str | Path, keys: tuple[str, ...]) -> tuple[dict, list[dict], str]:
     source = str(path)
-    data = _read_yaml(path)
+    data = read_yaml(path, "probe file")
+    if data is None:
+        raise UserError(f"probe file {source} is empty; it needs a `probes:` list (see examples/)")
     if isinstance(data, list):
         data = {"probes": data}
+    if isinstance(data, dict):
+        _unknown(data, SETTINGS, source)    # first: a misspelt `probes:` is the likeliest reason it seems missing
     if not isinstance(data, dict) or not isinstance(data.get("probes"), list) or not data["probes"]:
         raise UserError(f"{source}: expected a mapping with a non-empty `probes:` list (see examples/)")
-    _unknown(data, SETTINGS, source)
     entries = []
     for number, entry in enumerate(data["probes"], 1):
         where = f"{source}, probe {number}"
         if not isinstance(entry, dict):
-            raise UserError(f"{where}: each probe is a mapping with {', '.join(keys[1:])}, got {entry!r}")
+            raise UserError(f"{where}: each probe is a mapping with {', '.join(keys[1:])}, got {show(entry)}")
         _unknown(entry, keys, where)
         if not isinstance(entry.get("question"), str) or not entry["question"].strip():
             raise UserError(f"{where}: `question` must be a non-empty text")
+        if entry.get("name") is not None and not isinstance(entry["name"], (str, int)):
+            raise UserError(f"{where}: `name` must be a text, got {show(entry['name'])}")
         for key in keys[2:]:
             if key not in entry:
                 raise UserError(f"{where}: `{key}` is missing")
