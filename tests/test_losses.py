@@ -71,3 +71,67 @@ def test_masked_mean_counts_only_selected():
 def test_unknown_direction_is_rejected():
     with pytest.raises(ValueError):
         per_token_kl(_logits(0), _logits(1), "sideways")
+
+
+# --- top-k + tail teacher (the memory-light cache) ---
+
+def _top(teacher, k):
+    from promptbake.logits import top_k_log_probs
+
+    ids, log_probs = top_k_log_probs(teacher.reshape(-1, teacher.shape[-1]), k)
+    return ids.reshape(*teacher.shape[:-1], k), log_probs.reshape(*teacher.shape[:-1], k)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "jsd"])
+def test_top_k_with_the_whole_vocabulary_is_the_full_divergence(direction):
+    from promptbake.losses import per_token_kl_topk
+
+    teacher, student = _logits(3), _logits(4)
+    ids, log_probs = _top(teacher, teacher.shape[-1] - 1)        # every token but one: the tail is that one token
+    exact = per_token_kl(teacher, student, direction)
+    # The tail is 1 − Σ top-k in float32: a tail of ~1e-4 carries ~1e-3 relative error, which the reverse
+    # direction weights by the student's (large) mass there.
+    assert torch.allclose(per_token_kl_topk(ids, log_probs, student, direction), exact, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_top_k_divergence_is_a_true_kl_and_a_lower_bound(k):
+    from promptbake.losses import per_token_kl_topk
+
+    teacher, student = _logits(5), _logits(6)
+    ids, log_probs = _top(teacher, k)
+    coarse = per_token_kl_topk(ids, log_probs, student)
+    assert (coarse >= -1e-6).all() and (coarse <= per_token_kl(teacher, student) + 1e-5).all()
+    assert per_token_kl_topk(ids, log_probs, teacher).abs().max() < 1e-5      # 0 when the student is the teacher
+
+
+def test_top_k_gradient_flows_only_through_the_student_and_is_finite():
+    from promptbake.losses import per_token_kl_topk
+
+    teacher, student = _logits(7), _logits(8).requires_grad_()
+    ids, log_probs = _top(teacher, 4)
+    per_token_kl_topk(ids, log_probs, student).sum().backward()
+    assert torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+
+
+def test_cached_top_k_teacher_matches_the_recomputed_full_teacher_on_a_model(tiny):
+    """The cache (top-k + tail) and a fresh teacher pass give the same loss when k covers the vocabulary, and a
+    close lower bound with a small k."""
+    from conftest import make_trajectories
+    from promptbake.data import collate
+    from promptbake.logits import TeacherCache, completion_logits, teacher_logits
+
+    model, tokenizer = tiny
+    trajectories = make_trajectories(tokenizer)
+    batch = collate(trajectories, tokenizer.pad_token_id)
+    mask = batch["completion_mask"]
+    with torch.no_grad():
+        student = completion_logits(model, batch, "student")
+        recomputed = masked_sum(per_token_kl(teacher_logits(model, batch), student), mask)
+        vocab = student.shape[-1]
+        everything = TeacherCache.compute(model, trajectories, tokenizer.pad_token_id, 10_000, top_k=vocab)
+        small = TeacherCache.compute(model, trajectories, tokenizer.pad_token_id, 10_000, top_k=64)
+        index = list(range(len(trajectories)))
+        assert masked_sum(everything.per_token_kl(index, student, "forward"), mask) == pytest.approx(
+            float(recomputed), rel=1e-4)
+        assert 0 < float(masked_sum(small.per_token_kl(index, student, "forward"), mask)) <= float(recomputed) + 1e-4

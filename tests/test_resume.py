@@ -147,14 +147,14 @@ def test_a_nan_loss_stops_training_keeps_the_last_checkpoint_and_marks_the_run_f
         tiny_model_dir, tmp_path, monkeypatch, capsys):
     import promptbake.train as train
 
-    original, calls = train.per_token_kl, [0]
+    original, calls = train.masked_sum, [0]
 
-    def poisoned(*args, **kwargs):   # from the 5th micro-batch (step 5) on, the loss is NaN
+    def poisoned(*args, **kwargs):   # from the 5th micro-batch (step 5) on, the summed KL is NaN
         calls[0] += 1
         kl = original(*args, **kwargs)
         return kl * float("nan") if calls[0] >= 5 else kl
 
-    monkeypatch.setattr(train, "per_token_kl", poisoned)
+    monkeypatch.setattr(train, "masked_sum", poisoned)
     out = tmp_path / "run"
     assert main(["bake", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), *FLAGS]) == 2
     err = capsys.readouterr().err

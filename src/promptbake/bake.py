@@ -93,8 +93,9 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     would have had, so the trajectories equal an uninterrupted run's. trajectories.jsonl appears only when all are
     sampled.
 
-    Returns ((model, tokenizer, source), teacher_logits), the latter a list of [n_i, V] tensors in the order of
-    trajectories.jsonl when `keep_logits` and they fit the teacher cache budget, else None.
+    Returns ((model, tokenizer, source), teacher), the latter a TeacherCache (full logits, or top-k when
+    train.teacher_top_k) in the order of trajectories.jsonl when `keep_logits` and it fits the teacher cache
+    budget, else None.
     """
     system_prompt = _check_prompt(system_prompt)
     out = Path(out)
@@ -135,8 +136,9 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
                 "versions": _versions(),
             })
         done = {split: read_sampled(progress_file, split) for split in ("train", "heldout")}
+        top_k = config.train.teacher_top_k
         keep_logits = keep_logits and not any(done.values()) and TeacherCache.fits(
-            model, len(jobs) * config.sample.max_new_tokens, config.train.teacher_cache_gb)
+            model, len(jobs) * config.sample.max_new_tokens, config.train.teacher_cache_gb, top_k)
         try:
             start = time.perf_counter()
             # Held-out and training samples come from separate seed streams, so the held-out trajectories depend only
@@ -146,10 +148,11 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
                                             ("heldout", heldout_jobs, 2 * config.seed)):
                 streams.append(sample_trajectories(
                     model, tokenizer, split_jobs, config.sample, seed, progress, keep_logits, f"sampling ({split})",
-                    done[split], lambda batch, split=split: append_sampled(progress_file, split, batch)))
+                    done[split], lambda batch, split=split: append_sampled(progress_file, split, batch), top_k))
             (train, train_logits), (heldout, heldout_logits) = streams
             trajectories = train + heldout
-            teacher = train_logits + heldout_logits if keep_logits else None
+            kept = train_logits + heldout_logits if keep_logits else None
+            teacher = (TeacherCache(top=kept) if top_k else TeacherCache(logits=kept)) if kept else None
             seconds = time.perf_counter() - start
             write_trajectories(out / runfolder.TRAJECTORIES, trajectories)
             progress_file.unlink(missing_ok=True)
@@ -197,11 +200,12 @@ def _cut_metrics(path: Path, step: int) -> None:
 
 
 def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = False, progress: bool = True,
-              loaded=None, teacher: list | None = None, resume: bool = False) -> BakeResult:
+              loaded=None, teacher: TeacherCache | None = None, resume: bool = False) -> BakeResult:
     """Stage 2: train on `out/trajectories.jsonl`, save the adapter, record the held-out KL closure.
 
-    `teacher` (from sample_run) are the teacher's logits per trajectory; without them the teacher runs once
-    over all trajectories when its logits fit `train.teacher_cache_gb`, else at every training step.
+    `teacher` (from sample_run) is the teacher's cache for every trajectory; without it the teacher runs once
+    over all trajectories when the cache fits `train.teacher_cache_gb`, else at every training step.
+    The held-out KL (the closure metric) is always measured against full-vocabulary teacher logits.
     With `resume`, training continues from the newest complete checkpoint (optimizer, scheduler, data order and
     RNG included) instead of starting over.
     """
@@ -230,10 +234,11 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
             start = time.perf_counter()
             budget = config.train.micro_batch_tokens
             tokens = sum(len(t.completion_ids) for t in trajectories)
-            if teacher is None and TeacherCache.fits(model, tokens, config.train.teacher_cache_gb):
-                teacher = TeacherCache.compute(model, trajectories, pad_id, budget).logits
-            train_cache = TeacherCache([teacher[i] for i in train_idx]) if teacher else None
-            heldout_cache = TeacherCache([teacher[i] for i in heldout_idx]) if teacher else None
+            top_k = config.train.teacher_top_k
+            if teacher is None and TeacherCache.fits(model, tokens, config.train.teacher_cache_gb, top_k):
+                teacher = TeacherCache.compute(model, trajectories, pad_id, budget, top_k)
+            train_cache = teacher.subset(train_idx) if teacher else None
+            heldout_cache = teacher.subset(heldout_idx) if teacher and not teacher.top_k else None
             heldout_kl = HeldoutKL(model, heldout, pad_id, budget, heldout_cache) if main else None
             summary = train_adapter(model, train, config.train, pad_id, config.seed, out, heldout_kl, progress,
                                     train_cache, resume_from=checkpoint)
@@ -254,6 +259,7 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
                 "heldout_kl_before": kl_before, "heldout_kl_after": kl_after, "closure": closure(kl_before, kl_after),
                 "training_seconds": summary["seconds"], "train_and_eval_seconds": total, "steps": summary["steps"],
                 "final_train_loss": summary["final_loss"], "teacher_cached": teacher is not None,
+                "teacher_top_k": teacher.top_k if teacher else None,
                 "train_trajectories": len(train), "heldout_trajectories": len(heldout),
                 "heldout_tokens": heldout_kl.tokens, "processes": world()[1],
             })

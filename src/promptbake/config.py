@@ -88,6 +88,8 @@ class TrainConfig:
     kl_direction: str = _help("'forward' KL(teacher||student), 'reverse' KL(student||teacher), or 'jsd'", "forward")
     teacher_cache_gb: float = _help("keep the teacher's logits in memory when they fit in this many GB, so "
                                     "training runs no teacher pass (0: recompute the teacher every step)", 3.0)
+    teacher_top_k: int = _help("cache the teacher as its top-k log-probabilities plus an exact tail bucket (0: "
+                               "full-vocabulary logits); the loss stays a true KL, memory is ~12·k bytes a token", 0)
     checkpoint_every: int = _help("save checkpoints/step-N and evaluate held-out KL every N steps (0 = off)", 8)
 
     def problems(self) -> list[str]:
@@ -95,7 +97,7 @@ class TrainConfig:
         for name in ("lora_r", "epochs", "batch_size", "micro_batch_tokens"):
             if getattr(self, name) < 1:
                 out.append(f"train.{name} must be >= 1 (got {show(getattr(self, name))})")
-        for name in ("warmup_steps", "checkpoint_every", "teacher_cache_gb"):
+        for name in ("warmup_steps", "checkpoint_every", "teacher_cache_gb", "teacher_top_k"):
             if getattr(self, name) < 0:
                 out.append(f"train.{name} must be >= 0 (got {show(getattr(self, name))})")
         if self.learning_rate <= 0:

@@ -6,6 +6,7 @@ import contextlib
 import torch
 
 from .data import collate, micro_batches
+from .losses import per_token_kl, per_token_kl_topk
 
 
 def adapter_disabled(model):
@@ -33,37 +34,83 @@ def teacher_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return completion_logits(model, batch, "teacher")
 
 
+def top_k_log_probs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, V] logits → the k most likely tokens and their full-softmax log-probabilities: ([n, k] int, [n, k] float)."""
+    log_probs, ids = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1)
+    return ids, log_probs
+
+
 class TeacherCache:
-    """The teacher's logits for every completion token, one [n_i, V] float32 tensor per trajectory.
+    """The teacher's distribution at every completion token, per trajectory, computed once.
 
     The teacher's distribution is fixed during a bake, so it is computed once (or kept from sampling, which
-    already produced it) instead of a second forward pass at every training step.
+    already produced it) instead of a second forward pass at every training step. Two forms:
+    full: one [n_i, V] float32 logits tensor per trajectory (V floats per token: 196 KB for SmolLM2);
+    top-k: the k most likely token ids and log-probabilities ([n_i, k] each, 12·k bytes per token), trained
+    against with per_token_kl_topk (k tokens + an exact tail bucket, still a true KL).
     """
 
-    def __init__(self, logits: list[torch.Tensor]):
-        self.logits = logits
+    def __init__(self, logits: list[torch.Tensor] | None = None,
+                 top: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
+        self.logits, self.top = logits, top
+
+    @property
+    def top_k(self) -> int:
+        return self.top[0][0].shape[-1] if self.top else 0
+
+    def __len__(self) -> int:
+        return len(self.top if self.top is not None else self.logits)
 
     @staticmethod
-    def fits(model, tokens: int, budget_gb: float) -> bool:
-        """Whether `tokens` positions of the model's full-vocabulary float32 logits fit in `budget_gb`."""
-        vocab_size = model.get_output_embeddings().weight.shape[0]
-        return tokens * vocab_size * 4 <= budget_gb * 2**30
+    def fits(model, tokens: int, budget_gb: float, top_k: int = 0) -> bool:
+        """Whether the cache for `tokens` positions fits in `budget_gb` (full logits, or top-k ids + log-probs)."""
+        per_token = 12 * top_k if top_k else 4 * model.get_output_embeddings().weight.shape[0]
+        return tokens * per_token <= budget_gb * 2**30
+
+    @classmethod
+    def from_logits(cls, logits: list[torch.Tensor], top_k: int = 0) -> "TeacherCache":
+        """Full logits per trajectory → a cache of that form (top_k = 0) or of top-k log-probabilities."""
+        if not top_k:
+            return cls(logits=logits)
+        return cls(top=[top_k_log_probs(x, min(top_k, x.shape[-1])) for x in logits])
 
     @classmethod
     @torch.no_grad()
-    def compute(cls, model, trajectories, pad_id: int, token_budget: int) -> "TeacherCache":
-        logits: list[torch.Tensor | None] = [None] * len(trajectories)
+    def compute(cls, model, trajectories, pad_id: int, token_budget: int, top_k: int = 0) -> "TeacherCache":
+        """Run the teacher once over `trajectories` (micro-batches of `token_budget` tokens)."""
+        kept: list = [None] * len(trajectories)
         for group in micro_batches(trajectories, token_budget):
             batch = collate([trajectories[i] for i in group], pad_id)
             full = teacher_logits(model, batch)                                  # [B, C, V]
             for row, i in enumerate(group):
-                logits[i] = full[row, : len(trajectories[i].completion_ids)].clone()
-        return cls(logits)
+                rows = full[row, : len(trajectories[i].completion_ids)]
+                kept[i] = top_k_log_probs(rows, min(top_k, rows.shape[-1])) if top_k else rows.clone()
+        return cls(top=kept) if top_k else cls(logits=kept)
+
+    def subset(self, indices: list[int]) -> "TeacherCache":
+        if self.top is not None:
+            return TeacherCache(top=[self.top[i] for i in indices])
+        return TeacherCache(logits=[self.logits[i] for i in indices])
 
     def batch(self, indices: list[int], width_c: int) -> torch.Tensor:
-        """Stack the cached logits of `indices`, zero-padded to width_c: [B, C, V] (padding is masked out)."""
-        first = self.logits[indices[0]]
-        out = first.new_zeros(len(indices), width_c, first.shape[-1])
-        for row, i in enumerate(indices):
-            out[row, : self.logits[i].shape[0]] = self.logits[i]
-        return out
+        """Stack the cached full logits of `indices`, zero-padded to width_c: [B, C, V] (padding is masked out)."""
+        if self.logits is None:
+            raise ValueError("a top-k teacher cache holds no full logits")
+        return _stack([self.logits[i] for i in indices], width_c)
+
+    def per_token_kl(self, indices: list[int], student_logits: torch.Tensor, direction: str) -> torch.Tensor:
+        """Divergence of the student ([B, C, V]) from the cached teacher of `indices` at every position: [B, C]."""
+        width_c = student_logits.shape[1]
+        if self.top is None:
+            return per_token_kl(self.batch(indices, width_c), student_logits, direction)
+        ids = _stack([self.top[i][0] for i in indices], width_c)                # [B, C, k]; padding → token 0
+        log_probs = _stack([self.top[i][1] for i in indices], width_c)          # padding rows are masked later
+        return per_token_kl_topk(ids, log_probs, student_logits, direction)
+
+
+def _stack(rows: list[torch.Tensor], width_c: int) -> torch.Tensor:
+    """[n_i, D] tensors → [B, width_c, D], zero-padded at the end."""
+    out = rows[0].new_zeros(len(rows), width_c, rows[0].shape[-1])
+    for row, x in enumerate(rows):
+        out[row, : x.shape[0]] = x
+    return out

@@ -14,7 +14,7 @@ DIRECTIONS = ("forward", "reverse", "jsd")
 def _kl_from_logprobs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(p ‖ q) summed over the last dim. A token with p = 0 (log p = -inf) contributes 0: clamping log p to a
     huge finite negative keeps 0 · (log p − log q) from becoming NaN, and is cheaper than a masked select."""
-    log_p = log_p.clamp(min=-1e30)
+    log_p, log_q = log_p.clamp(min=-1e30), log_q.clamp(min=-1e30)
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
@@ -25,10 +25,46 @@ def per_token_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
     forward: KL(teacher ‖ student) (mode-covering, the default); reverse: KL(student ‖ teacher);
     jsd: Jensen-Shannon divergence with equal weights (bounded by log 2).
     """
+    return _divergence(F.log_softmax(teacher_logits.float(), dim=-1), F.log_softmax(student_logits.float(), dim=-1),
+                       direction)
+
+
+TAIL_FLOOR = -69.0   # log(1e-30): an empty or rounding-sized tail bucket counts as (almost) nothing, never −inf
+
+
+def _log1mexp(log_x: torch.Tensor) -> torch.Tensor:
+    """log(1 − exp(log_x)) for log_x ≤ 0, stable at both ends."""
+    log_x = log_x.clamp(max=0.0)
+    return torch.where(log_x > -0.6931, torch.log(-torch.expm1(log_x)), torch.log1p(-torch.exp(log_x)))
+
+
+def per_token_kl_topk(teacher_ids: torch.Tensor, teacher_log_probs: torch.Tensor, student_logits: torch.Tensor,
+                      direction: str = "forward") -> torch.Tensor:
+    """Divergence between teacher and student on the teacher's top-k tokens plus one tail bucket: [B, C].
+
+    Args:
+        teacher_ids: [B, C, k] the teacher's k most likely tokens at each position.
+        teacher_log_probs: [B, C, k] their log-probabilities under the full-vocabulary softmax.
+        student_logits: [B, C, V].
+    Both distributions are coarsened the same way (k tokens + "everything else"), so the result is a true KL
+    (0 when the two agree, never negative) and a lower bound of the full-vocabulary one; with k = V it equals
+    per_token_kl. The teacher's tail is 1 − Σ top-k (all the cache knows); the student's is summed exactly over
+    the tokens outside the teacher's top-k.
+    """
+    student = student_logits.float()
+    log_z = torch.logsumexp(student, dim=-1, keepdim=True)                          # [B, C, 1]
+    log_s = student.gather(-1, teacher_ids) - log_z                                 # [B, C, k]
+    outside = student.scatter(-1, teacher_ids, float("-inf"))
+    log_s_tail = torch.logsumexp(outside, dim=-1, keepdim=True) - log_z
+    log_t = teacher_log_probs.float()
+    log_t_tail = _log1mexp(torch.logsumexp(log_t, dim=-1, keepdim=True))
+    return _divergence(torch.cat([log_t, log_t_tail.clamp(min=TAIL_FLOOR)], -1),
+                       torch.cat([log_s, log_s_tail.clamp(min=TAIL_FLOOR)], -1), direction)
+
+
+def _divergence(log_t: torch.Tensor, log_s: torch.Tensor, direction: str) -> torch.Tensor:
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    log_t = F.log_softmax(teacher_logits.float(), dim=-1)
-    log_s = F.log_softmax(student_logits.float(), dim=-1)
     if direction == "forward":
         return _kl_from_logprobs(log_t, log_s)
     if direction == "reverse":

@@ -14,6 +14,7 @@ from transformers import GenerationConfig
 
 from .config import SampleConfig
 from .data import Trajectory
+from .logits import top_k_log_probs
 from .prompts import stop_token_ids
 
 
@@ -62,12 +63,14 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
 
 def sample_trajectories(model, tokenizer, jobs: list[dict], cfg: SampleConfig, seed: int,
                         progress: bool = True, keep_logits: bool = False, desc: str = "sampling",
-                        done: dict[int, Trajectory] | None = None, on_batch=None):
+                        done: dict[int, Trajectory] | None = None, on_batch=None, top_k: int = 0):
     """Sample one trajectory per job.
 
     Args:
         jobs: dicts with question, split, sample_index, teacher_prompt_ids, student_prompt_ids.
-        keep_logits: also return the teacher's logits for every sampled token (see generate_batch).
+        keep_logits: also return the teacher's logits for every sampled token (see generate_batch); with
+            `top_k` > 0, as (ids, log-probs) of the k most likely tokens, converted batch by batch so the
+            full-vocabulary logits of only one batch are ever held.
         done: trajectories already sampled, by job index (a resumed run): a batch whose jobs are all there is
             skipped; any other batch is sampled whole, so it gets exactly the tokens an uninterrupted run gets.
         on_batch: called with [(job index, Trajectory)] after each sampled batch (the resumable progress file).
@@ -94,7 +97,8 @@ def sample_trajectories(model, tokenizer, jobs: list[dict], cfg: SampleConfig, s
         prompts = [jobs[i]["teacher_prompt_ids"] for i in batch]
         out, kept = generate_batch(model, prompts, gen_config, pad_id, stop_ids, keep_logits)
         if kept is not None:
-            logits.update(zip(batch, kept))
+            logits.update(zip(batch, [top_k_log_probs(x, top_k) for x in kept] if top_k else kept))
+            del kept
         for i, (ids, finished) in zip(batch, out):
             results[i] = Trajectory(**jobs[i], completion_ids=ids, finished=finished,
                                     text=tokenizer.decode(ids, skip_special_tokens=True))

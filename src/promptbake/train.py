@@ -53,11 +53,12 @@ def _step_loss(model, train: list[Trajectory], group: list[int], pad_id: int, di
                cache: TeacherCache | None) -> tuple[float, int]:
     """Forward + backward of one micro-batch; the loss is scaled so a step's gradients sum to a per-token mean."""
     batch = collate([train[i] for i in group], pad_id)
-    width_c = batch["completion_mask"].shape[1]
-    # [B, C, V], no graph: from the cache, or the model itself with its adapter disabled
-    teacher = cache.batch(group, width_c) if cache is not None else teacher_logits(model, batch)
     student = completion_logits(model, batch, "student")        # [B, C, V]
-    kl_sum = masked_sum(per_token_kl(teacher, student, direction), batch["completion_mask"])
+    if cache is not None:                                         # full logits or top-k + tail, computed once
+        kl = cache.per_token_kl(group, student, direction)
+    else:                                                         # the model itself, adapter off, no graph
+        kl = per_token_kl(teacher_logits(model, batch), student, direction)
+    kl_sum = masked_sum(kl, batch["completion_mask"])
     (kl_sum / step_tokens).backward()
     return float(kl_sum.detach()), int(batch["student_attention_mask"].sum())
 
