@@ -267,3 +267,16 @@ def test_missing_vllm_is_a_one_line_user_error(tokenizer, tiny_model_dir, monkey
         message = str(error.value)
         assert "pip install 'promptbake[vllm]'" in message and "CUDA" in message
         assert "\n" not in message
+
+
+def test_bake_with_the_vllm_sampler_fails_in_one_line_before_loading_when_vllm_is_missing(tiny_model_dir, tmp_path,
+                                                                                       capsys):
+    from conftest import PERSONA, TINY_BAKE_FLAGS
+    from promptbake.cli import main
+
+    out = tmp_path / "run"
+    assert main(["bake", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), "--sampler", "vllm",
+                 *TINY_BAKE_FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'promptbake[vllm]'" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -102,6 +102,10 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     config = _absolute_paths(config)
     if not resume:
         runfolder.check_out_dir(out, overwrite)               # validate cheap inputs before loading or writing
+    if config.sample.sampler == "vllm":
+        from .vllm_sampler import check_available
+
+        check_available()
     questions = load_questions(config.sample.questions)
     train_q, heldout_q = split_questions(questions, config.sample.train_questions, config.sample.heldout_questions,
                                          config.seed)
@@ -143,15 +147,24 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
             start = time.perf_counter()
             # Held-out and training samples come from separate seed streams, so the held-out trajectories depend only
             # on the held-out questions and the seed, not on the training budget: bakes stay comparable.
-            streams = []
+            streams, engine = [], None
             for split, split_jobs, seed in (("train", train_jobs, 2 * config.seed + 1),
                                             ("heldout", heldout_jobs, 2 * config.seed)):
+                if config.sample.sampler == "vllm":
+                    from .vllm_sampler import build_engine, sample_with_vllm
+
+                    engine = engine or build_engine(source.folder, config.seed, top_k)
+                    sampled, top = sample_with_vllm(source.folder, tokenizer, split_jobs, config.sample, seed, top_k,
+                                                    engine)
+                    append_sampled(progress_file, split, list(enumerate(sampled)))
+                    streams.append((sampled, top if keep_logits else None))   # vLLM gives top-k, never full logits
+                    continue
                 streams.append(sample_trajectories(
                     model, tokenizer, split_jobs, config.sample, seed, progress, keep_logits, f"sampling ({split})",
                     done[split], lambda batch, split=split: append_sampled(progress_file, split, batch), top_k))
             (train, train_logits), (heldout, heldout_logits) = streams
             trajectories = train + heldout
-            kept = train_logits + heldout_logits if keep_logits else None
+            kept = train_logits + heldout_logits if train_logits is not None and heldout_logits is not None else None
             teacher = (TeacherCache(top=kept) if top_k else TeacherCache(logits=kept)) if kept else None
             seconds = time.perf_counter() - start
             write_trajectories(out / runfolder.TRAJECTORIES, trajectories)

@@ -57,6 +57,8 @@ class SampleConfig:
     top_p: float = _help("nucleus sampling threshold (1.0 = full distribution)", 0.9)
     max_new_tokens: int = _help("longest trajectory, in tokens (end-of-turn token included)", 48)
     sample_batch_size: int = _help("sequences generated together", 96)
+    sampler: str = _help("'hf' (transformers generate, here) or 'vllm' (a vLLM engine: pip install "
+                         "'promptbake[vllm]', CUDA; seeds per trajectory, so its samples differ from hf's)", "hf")
 
     def problems(self) -> list[str]:
         out = []
@@ -68,6 +70,8 @@ class SampleConfig:
             out.append(f"sample.sampling_temperature must be >= 0 (got {show(self.sampling_temperature)})")
         if not 0 < self.top_p <= 1:
             out.append(f"sample.top_p must be in (0, 1] (got {show(self.top_p)})")
+        if self.sampler not in ("hf", "vllm"):
+            out.append(f"sample.sampler must be hf or vllm (got {self.sampler!r})")
         return out
 
 

@@ -29,6 +29,11 @@ from .sampling import cut_at_stop
 VLLM_MISSING = "the vLLM sampler needs vLLM on a CUDA machine: pip install 'promptbake[vllm]'"
 
 
+def check_available() -> None:
+    """Raise the one-line UserError now (before any model loads) when vLLM is not installed."""
+    _import_vllm()
+
+
 def _import_vllm():
     try:
         import vllm
