@@ -39,21 +39,51 @@ def cut_at_stop(ids: list[int], stop_ids: list[int]) -> tuple[list[int], bool]:
     return ids, False
 
 
+MIN_SHARED_PREFIX = 8   # tokens; a shorter common prefix is not worth a separate forward pass
+
+
+def shared_prefix_length(prompts: list[list[int]]) -> int:
+    """Length of the longest token prefix common to every prompt, leaving each at least one token of its own."""
+    shortest = min(len(p) for p in prompts)
+    n = 0
+    while n < shortest - 1 and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return n
+
+
+def _prefix_cache(model, prefix: list[int], batch_size: int):
+    """The KV cache of `prefix`, computed once and repeated for every row of the batch."""
+    cache = model(input_ids=torch.tensor([prefix]), use_cache=True).cache
+    cache.batch_repeat_interleave(batch_size)
+    return cache
+
+
 @torch.no_grad()
 def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig, pad_id: int,
                    stop_ids: list[int], keep_logits: bool = False):
-    """Generate one continuation per prompt (token-id lists) with left padding.
+    """Generate one continuation per prompt (token-id lists).
+
+    Teacher prompts share a long prefix (chat template + system prompt: 54 of 72 tokens for the example persona on
+    SmolLM2), so its keys and values are computed once and the prompts are laid out as
+    [shared prefix][left padding][own tokens], the padding masked out: prefill then costs only each prompt's own
+    tokens. Positions come from the attention mask, so every prompt sees the positions it would have alone.
 
     Returns (results, logits): results holds (ids, finished) per prompt; logits (None unless `keep_logits`) holds the
     raw logits [n_i, V] that predicted each kept token: the model's own next-token distribution, before temperature
     or top_p touch it.
     """
-    width = max(len(p) for p in prompts)
-    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    shared = shared_prefix_length(prompts) if len(prompts) > 1 else 0
+    shared = shared if shared >= MIN_SHARED_PREFIX else 0
+    own = [p[shared:] for p in prompts]
+    width = max(len(p) for p in own)
+    input_ids = torch.tensor([prompts[0][:shared] + [pad_id] * (width - len(p)) + p for p in own])
+    attention_mask = torch.tensor([[1] * shared + [0] * (width - len(p)) + [1] * len(p) for p in own])
+    width += shared
     gen_config = copy.deepcopy(gen_config)
     gen_config.output_logits, gen_config.return_dict_in_generate = keep_logits, True
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config)
+    cache = _prefix_cache(model, prompts[0][:shared], len(prompts)) if shared else None
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config,
+                         cache=cache)
     results = [cut_at_stop(row[width:].tolist(), stop_ids) for row in out.sequences]
     if not keep_logits:
         return results, None

@@ -1,0 +1,31 @@
+"""Sampling with the teacher prompts' shared prefix computed once equals sampling each prompt in full."""
+import pytest
+import torch
+
+from conftest import PERSONA, QUESTIONS
+from promptbake import sampling
+from promptbake.config import SampleConfig
+from promptbake.prompts import stop_token_ids, teacher_prompt_ids
+
+
+def test_shared_prefix_length_leaves_every_prompt_a_token_of_its_own():
+    assert sampling.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5]]) == 2
+    assert sampling.shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert sampling.shared_prefix_length([[7, 1], [8, 1]]) == 0
+
+
+def test_shared_prefix_sampling_matches_full_prompts(tiny, monkeypatch):
+    model, tokenizer = tiny
+    prompts = [teacher_prompt_ids(tokenizer, q, PERSONA) for q in QUESTIONS + ["Why?"]]
+    assert sampling.shared_prefix_length(prompts) >= sampling.MIN_SHARED_PREFIX
+    stop = stop_token_ids(tokenizer, model.generation_config)
+    greedy = sampling.generation_config(SampleConfig(sampling_temperature=0, max_new_tokens=10), stop,
+                                        tokenizer.pad_token_id)
+    shared, shared_logits = sampling.generate_batch(model, prompts, greedy, tokenizer.pad_token_id, stop, True)
+    monkeypatch.setattr(sampling, "MIN_SHARED_PREFIX", 10**9)          # the plain left-padded path
+    full, full_logits = sampling.generate_batch(model, prompts, greedy, tokenizer.pad_token_id, stop, True)
+    assert shared == full
+    for a, b in zip(shared_logits, full_logits):
+        assert torch.allclose(a, b, atol=1e-4)
+    alone, alone_logits = sampling.generate_batch(model, prompts[-1:], greedy, tokenizer.pad_token_id, stop, True)
+    assert alone[0] == full[-1] and torch.allclose(alone_logits[0], full_logits[-1], atol=1e-4)
