@@ -73,3 +73,35 @@ def test_logits_kept_from_sampling_equal_a_teacher_forward_pass(tiny):
     for trajectory, a, b in zip(trajectories, kept, recomputed):
         assert a.shape == b.shape == (len(trajectory.completion_ids), model.config.vocab_size)
         assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_shared_prefix_batches_give_the_same_logits_and_gradients(tiny, monkeypatch):
+    """The prompt prefix common to a batch runs once and is repeated through its cache; logits and LoRA
+    gradients equal those of the plain left-padded batch."""
+    from promptbake import data
+    from promptbake.config import TrainConfig
+    from promptbake.train import add_lora
+
+    model, tokenizer = tiny
+    model = add_lora(model, TrainConfig(), 0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)     # a trained-looking adapter, so the prefix's LoRA path matters
+    trajectories = make_trajectories(tokenizer)
+    shared_batch = collate(trajectories, tokenizer.pad_token_id)
+    assert "student_prefix_ids" in shared_batch and "teacher_prefix_ids" in shared_batch
+    monkeypatch.setattr(data, "MIN_SHARED_PREFIX", 10**9)
+    plain_batch = collate(trajectories, tokenizer.pad_token_id)
+    assert "student_prefix_ids" not in plain_batch
+    grads = []
+    for batch in (shared_batch, plain_batch):
+        model.zero_grad()
+        logits = completion_logits(model, batch, "student")
+        (logits * batch["completion_mask"][..., None]).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        grads[-1]["logits"] = logits.detach()
+    assert torch.allclose(grads[0].pop("logits"), grads[1].pop("logits"), atol=1e-4)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-3), name

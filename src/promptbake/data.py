@@ -87,33 +87,63 @@ def read_trajectories(path: Path) -> list[Trajectory]:
     return out
 
 
-def _left_pad_rows(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
-    """[pad.. prompt][completion ..pad] rows of length P + C - 1, with mask and position ids."""
-    width_p = max(len(p) for p in prompts)
+MIN_SHARED_PREFIX = 8   # tokens; a shorter common prefix is not worth a separate forward pass
+
+
+def shared_prefix_length(prompts: list[list[int]]) -> int:
+    """Length of the longest token prefix common to every prompt, leaving each at least one token of its own.
+
+    Prompts rendered by one chat template share their opening (and the teacher's, the system prompt): computing it
+    once per batch instead of once per row saves that much of every forward pass.
+    """
+    if len(prompts) < 2:
+        return 0
+    shortest = min(len(p) for p in prompts)
+    n = 0
+    while n < shortest - 1 and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def _left_pad_rows(prompts: list[list[int]], completions: list[list[int]], pad_id: int, shared: int = 0):
+    """Rows [pad.. own prompt][completion ..pad] of length P + C - 1 after a `shared` prompt prefix held apart.
+
+    Returns (ids [B, L], mask [B, shared + L], positions [B, L]): the mask covers the shared prefix too (it is
+    attended through the prefix's cache), and positions count real tokens, prefix included, so every row sees the
+    positions of its unpadded self.
+    """
+    own = [p[shared:] for p in prompts]
+    width_p = max(len(p) for p in own)
     width_c = max(len(c) for c in completions)
     ids, mask = [], []
-    for prompt, completion in zip(prompts, completions):
+    for prompt, completion in zip(own, completions):
         left = width_p - len(prompt)
         right = width_c - len(completion)
         row = [pad_id] * left + prompt + completion + [pad_id] * right
-        keep = [0] * left + [1] * (len(prompt) + len(completion)) + [0] * right
+        keep = [1] * shared + [0] * left + [1] * (len(prompt) + len(completion)) + [0] * right
         ids.append(row[:-1])   # the last token predicts nothing
         mask.append(keep[:-1])
     ids_t = torch.tensor(ids, dtype=torch.long)
     mask_t = torch.tensor(mask, dtype=torch.long)
-    # Positions count real tokens only, so a left-padded row sees the positions of its unpadded self.
-    positions = (mask_t.cumsum(-1) - 1).clamp(min=0)
+    positions = (mask_t.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     return ids_t, mask_t, positions
 
 
 def collate(trajectories: list[Trajectory], pad_id: int) -> dict[str, torch.Tensor]:
-    """Aligned batch: teacher_* / student_* inputs [B, L], completion_ids and completion_mask [B, C]."""
+    """Aligned batch: teacher_* / student_* inputs [B, L], completion_ids and completion_mask [B, C].
+
+    Where a side's prompts share a prefix (shared_prefix_length), it is held apart as `{side}_prefix_ids` [1, S]
+    and `{side}_input_ids` holds the rest; `{side}_attention_mask` is [B, S + L] (see logits.completion_logits).
+    """
     completions = [t.completion_ids for t in trajectories]
     width_c = max(len(c) for c in completions)
     batch = {}
     for side in ("teacher", "student"):
         prompts = [getattr(t, f"{side}_prompt_ids") for t in trajectories]
-        ids, mask, positions = _left_pad_rows(prompts, completions, pad_id)
+        shared = shared_prefix_length(prompts)
+        if shared:
+            batch[f"{side}_prefix_ids"] = torch.tensor([prompts[0][:shared]])
+        ids, mask, positions = _left_pad_rows(prompts, completions, pad_id, shared)
         batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"], batch[f"{side}_position_ids"] = ids, mask, positions
     batch["completion_ids"] = torch.tensor([c + [pad_id] * (width_c - len(c)) for c in completions])
     batch["completion_mask"] = torch.tensor([[1] * len(c) + [0] * (width_c - len(c)) for c in completions])

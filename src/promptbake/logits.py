@@ -15,14 +15,24 @@ def adapter_disabled(model):
 
 
 def completion_logits(model, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
-    """Logits at the C positions that predict completion tokens: [B, C, V] (see data.collate for alignment)."""
+    """Logits at the C positions that predict completion tokens: [B, C, V] (see data.collate for alignment).
+
+    A shared prompt prefix (`{side}_prefix_ids`) runs once, batch size 1, and its keys and values are repeated for
+    every row; gradients flow back through that cache into the prefix, so training sees the same function.
+    """
     width_c = batch["completion_mask"].shape[1]
+    prefix = batch.get(f"{side}_prefix_ids")
+    cache = None
+    if prefix is not None:
+        cache = model(input_ids=prefix, use_cache=True).cache
+        cache.batch_repeat_interleave(batch[f"{side}_input_ids"].shape[0])
     out = model(
         input_ids=batch[f"{side}_input_ids"],
         attention_mask=batch[f"{side}_attention_mask"],
         position_ids=batch[f"{side}_position_ids"],
         logits_to_keep=width_c,  # the LM head runs on completion positions only
-        use_cache=False,
+        cache=cache,
+        use_cache=cache is not None,
     )
     return out.logits
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from .config import SampleConfig
-from .data import Trajectory
+from .data import Trajectory, shared_prefix_length
 from .logits import top_k_log_probs
 from .prompts import stop_token_ids
 
@@ -39,18 +39,6 @@ def cut_at_stop(ids: list[int], stop_ids: list[int]) -> tuple[list[int], bool]:
     return ids, False
 
 
-MIN_SHARED_PREFIX = 8   # tokens; a shorter common prefix is not worth a separate forward pass
-
-
-def shared_prefix_length(prompts: list[list[int]]) -> int:
-    """Length of the longest token prefix common to every prompt, leaving each at least one token of its own."""
-    shortest = min(len(p) for p in prompts)
-    n = 0
-    while n < shortest - 1 and all(p[n] == prompts[0][n] for p in prompts):
-        n += 1
-    return n
-
-
 def _prefix_cache(model, prefix: list[int], batch_size: int):
     """The KV cache of `prefix`, computed once and repeated for every row of the batch."""
     cache = model(input_ids=torch.tensor([prefix]), use_cache=True).cache
@@ -72,8 +60,7 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
     raw logits [n_i, V] that predicted each kept token: the model's own next-token distribution, before temperature
     or top_p touch it.
     """
-    shared = shared_prefix_length(prompts) if len(prompts) > 1 else 0
-    shared = shared if shared >= MIN_SHARED_PREFIX else 0
+    shared = shared_prefix_length(prompts)
     own = [p[shared:] for p in prompts]
     width = max(len(p) for p in own)
     input_ids = torch.tensor([prompts[0][:shared] + [pad_id] * (width - len(p)) + p for p in own])

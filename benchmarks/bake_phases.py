@@ -1,0 +1,151 @@
+"""Benchmark (not a test): where the time of the default `promptbake bake` goes, phase by phase.
+
+Runs exactly `promptbake bake --prompt-file examples/persona.txt --out TMP --quiet` (the defaults, model load and
+the side-by-side comparison included) in this process, timing each phase by wrapping the library function that
+does it, then reports per phase: wall seconds, tokens, tokens/s, GFLOP and achieved GFLOP/s, plus the peak resident
+memory and the held-out closure.
+
+FLOPs are counted as 2·P per token for a forward pass and 4·P per token for a training step (forward plus the
+backward pass through the activations; the frozen base weights get no weight gradients, and LoRA's own weight
+gradients are under 1 % of that), where P is the number of weights in matrix multiplications (every linear layer
+and the LM head; SmolLM2-135M: 134.5 M). Attention scores (~5 % at these lengths) are not counted. Token counts are
+the tokens actually computed: padding included, and for sampling the shared prompt prefix once per batch when the
+sampler computes it once.
+
+    .venv/bin/python benchmarks/bake_phases.py [--json out.json] [--naive 32]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import promptbake.bake as bake_module
+import promptbake.eval.kl as kl_module
+import promptbake.logits as logits_module
+import promptbake.data as data_module
+from promptbake import cli
+from promptbake.config import BakeConfig
+from promptbake.data import read_trajectories
+
+PERSONA = Path(__file__).resolve().parent.parent / "examples" / "persona.txt"
+SHARED_PREFIX = hasattr(data_module, "shared_prefix_length")   # this benchmark also times older code
+SECONDS: dict[str, float] = defaultdict(float)
+CALLS: dict[str, int] = defaultdict(int)
+
+
+def _timed(owner, name: str, phase: str, inside: str | None = None) -> None:
+    """Wrap owner.name so its wall time adds to `phase` (and is taken out of `inside`, the phase that calls it)."""
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent = time.perf_counter() - start
+            SECONDS[phase] += spent
+            CALLS[phase] += 1
+            if inside:
+                SECONDS[inside] -= spent
+
+    setattr(owner, name, staticmethod(wrapper) if isinstance(owner.__dict__.get(name), staticmethod) else wrapper)
+
+
+def _instrument() -> None:
+    _timed(bake_module, "load_base", "load")
+    _timed(bake_module, "sample_trajectories", "sampling")
+    _timed(bake_module, "train_adapter", "training")
+    _timed(kl_module.HeldoutKL, "measure", "evaluation", inside="training")
+    _timed(cli, "_compare", "side-by-side")
+    compute = logits_module.TeacherCache.compute.__func__
+
+    def teacher(cls, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return compute(cls, *args, **kwargs)
+        finally:
+            SECONDS["teacher pass"] += time.perf_counter() - start
+
+    logits_module.TeacherCache.compute = classmethod(teacher)
+
+
+def _matmul_weights(model_name: str) -> int:
+    from promptbake.models import load_model
+
+    model, _, _ = load_model(model_name)
+    return sum(m.weight.numel() for m in model.modules() if m.__class__.__name__ == "Linear")
+
+
+def _sampling_tokens(trajectories, batch_size: int) -> int:
+    """Tokens the sampler computes: prefill (shared prefix once per batch where it is shared) + decode steps."""
+    total = 0
+    for split in ("train", "heldout"):
+        jobs = sorted((t for t in trajectories if t.split == split), key=lambda t: len(t.teacher_prompt_ids))
+        for start in range(0, len(jobs), batch_size):
+            batch = jobs[start:start + batch_size]
+            prompts = [t.teacher_prompt_ids for t in batch]
+            shared = data_module.shared_prefix_length(prompts) if SHARED_PREFIX else 0
+            width = max(len(p) - shared for p in prompts)
+            steps = max(len(t.completion_ids) for t in batch)
+            total += shared + len(batch) * (width + steps)
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None, help="also write the numbers here")
+    args = parser.parse_args()
+    _instrument()
+    out = Path(tempfile.mkdtemp(prefix="bake_phases_")) / "run"
+    start = time.perf_counter()
+    assert cli.main(["bake", "--prompt-file", str(PERSONA), "--out", str(out), "--quiet"]) == 0
+    wall = time.perf_counter() - start
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    record = json.loads((out / "bake.json").read_text())
+    config = BakeConfig()
+    trajectories = read_trajectories(out / "trajectories.jsonl")
+    train = [t for t in trajectories if t.split == "train"]
+    heldout = [t for t in trajectories if t.split == "heldout"]
+    weights = _matmul_weights(record["config"]["model"]["name"])
+    student = lambda ts: sum(len(t.student_prompt_ids) + len(t.completion_ids) for t in ts)   # noqa: E731
+    teacher = lambda ts: sum(len(t.teacher_prompt_ids) + len(t.completion_ids) for t in ts)   # noqa: E731
+    epochs = record["config"]["train"]["epochs"]
+    tokens = {
+        "sampling": _sampling_tokens(trajectories, record["config"]["sample"]["sample_batch_size"]),
+        "teacher pass": teacher(trajectories) if SECONDS["teacher pass"] else 0,
+        "training": epochs * student(train),
+        # held-out: the teacher once (HeldoutKL), then the student at step 0 and every checkpoint
+        "evaluation": teacher(heldout) + CALLS["evaluation"] * student(heldout),
+    }
+    flops_per_token = {"sampling": 2, "teacher pass": 2, "training": 4, "evaluation": 2}
+    rows = {}
+    for phase in ("load", "sampling", "teacher pass", "training", "evaluation", "side-by-side"):
+        seconds = SECONDS[phase]
+        row = {"seconds": round(seconds, 1)}
+        if phase in tokens and seconds > 0:
+            gflop = flops_per_token[phase] * weights * tokens[phase] / 1e9
+            row.update(tokens=tokens[phase], tokens_per_s=round(tokens[phase] / seconds),
+                       gflop=round(gflop), gflop_per_s=round(gflop / seconds, 1))
+        rows[phase] = row
+    rows["other (writing, setup)"] = {"seconds": round(wall - sum(SECONDS[p] for p in rows if p in SECONDS), 1)}
+    result = {"wall_seconds": round(wall, 1), "peak_rss_gb": round(peak_gb, 2),
+              "closure": record["metrics"]["closure"], "steps": record["metrics"]["steps"],
+              "matmul_weights": weights, "phases": rows, "run": str(out)}
+    print(f"default bake: {result['wall_seconds']} s wall, closure {result['closure']:.3f}, peak RSS "
+          f"{result['peak_rss_gb']} GB")
+    print(f"{'phase':<24}{'seconds':>9}{'tokens':>9}{'tok/s':>8}{'GFLOP':>8}{'GFLOP/s':>9}")
+    for phase, row in rows.items():
+        print(f"{phase:<24}{row['seconds']:>9}{row.get('tokens', ''):>9}{row.get('tokens_per_s', ''):>8}"
+              f"{row.get('gflop', ''):>8}{row.get('gflop_per_s', ''):>9}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
