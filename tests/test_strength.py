@@ -70,6 +70,10 @@ def test_cli_writes_table_json_and_plot(tiny_bake, capsys):
     assert "closure vs strength:" in out and "judges vs step:" in out
     png = (tiny_bake / "strength.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert main(["report", str(tiny_bake)]) == 0
+    html = (tiny_bake / "report.html").read_text()
+    strength = html[html.index("<h2 id=strength>"):]
+    assert "data:image/png;base64," in strength and "step-1" in strength
 
 
 @pytest.mark.parametrize("strengths, message", [("abc", "must be a number"), ("-1", ">= 0"), ("nan", ">= 0"),

@@ -299,6 +299,30 @@ def _read_evaluation(path: Path) -> dict | None:
         raise UserError(f"{path} is not valid JSON ({exc}); rerun `promptbake eval` or remove it") from None
 
 
+def _strength(run_dir: Path) -> str:
+    """The `promptbake strength` sweep, when DIR/strength.json exists: its plot and one row per point."""
+    from ..strength import STRENGTH_JSON
+
+    sweep = _read_evaluation(run_dir / STRENGTH_JSON)
+    if not sweep or not sweep.get("points"):
+        return ""
+    judged = bool(sweep.get("probe_file"))
+    header = ["adapter", "α", "KL baked", "closure", "KL baked+prompt"] + (["judged baked", "baked+prompt"]
+                                                                            if judged else [])
+    rows = []
+    for point in sweep["points"]:
+        row = [_esc(point["adapter"]), _num(point["strength"]), _num(point["kl"].get("baked")),
+               _num(point["closure"]), _num(point["kl"].get("baked+prompt"))]
+        if judged:
+            row += [_rate(point["judges"].get(name, {}).get("all")) for name in ("baked", "baked+prompt")]
+        rows.append(row)
+    note = (f"<p class=note>held-out KL over {_esc(sweep['heldout_tokens'])} tokens; base KL "
+            f"{_num(sweep['reference']['kl_base'])}" + (f"; judges from {_esc(sweep['probe_file'])}" if judged else "")
+            + "</p>")
+    return ("<h2 id=strength>Prompt strength</h2>" + note + _img(plots.strength_curves(sweep), "strength sweep")
+            + _table(header, rows))
+
+
 def render_report(run_dir: str | Path) -> str:
     """The report of the run folder `run_dir` as one HTML string (see write_report)."""
     run_dir = Path(run_dir)
@@ -308,7 +332,7 @@ def render_report(run_dir: str | Path) -> str:
     links += [(_anchor(key), key) for key in sorted(evaluation or {}, key=_key_order)]
     nav = "<nav>" + "".join(f'<a href="#{a}">{_esc(text)}</a>' for a, text in links) + "</nav>"
     body = (_header(bake, run_dir) + nav + _training(_read_metrics(run_dir / runfolder.METRICS))
-            + _evaluations(evaluation, run_dir))
+            + _strength(run_dir) + _evaluations(evaluation, run_dir))
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>promptbake report · "
             f"{_esc(run_dir.name)}</title><style>{CSS}</style></head><body>{body}</body></html>\n")
 
