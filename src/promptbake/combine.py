@@ -41,7 +41,8 @@ def _same_base(runs: list[Path], records: list[dict]) -> None:
     """Adapters are weight differences against one base: refuse runs on different models or `--on` chains."""
     def base_of(record):
         source = record["model"]
-        return source.get("name"), record["config"]["model"].get("on"), source.get("folder"), source.get("gguf_file")
+        on = record["config"]["model"].get("on") or ""     # older bakes recorded no `on`, newer ones ""
+        return source.get("name"), on, source.get("folder"), source.get("gguf_file")
 
     first = base_of(records[0])
     for run, record in zip(runs[1:], records[1:]):
@@ -52,8 +53,8 @@ def _same_base(runs: list[Path], records: list[dict]) -> None:
 
 
 def _describe(base: tuple) -> str:
-    name, on = base[:2]
-    return f"{name!r}" + (f" on top of {on}" if on else "")
+    name, on, folder = base[:3]
+    return f"{name!r}" + (f" at {folder}" if folder and folder != name else "") + (f" on top of {on}" if on else "")
 
 
 def combine_runs(run_dirs: list[str | Path], out: str | Path, weights: list[float] | None = None,
