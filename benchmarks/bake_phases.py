@@ -17,6 +17,7 @@ sampler computes it once.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import resource
 import tempfile
@@ -24,11 +25,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import promptbake.bake as bake_module
-import promptbake.eval.kl as kl_module
-import promptbake.logits as logits_module
-import promptbake.data as data_module
 from promptbake import cli
+
+# importlib, not `import promptbake.bake as ...`: the package exports the function `bake` under that name
+bake_module = importlib.import_module("promptbake.bake")
+data_module = importlib.import_module("promptbake.data")
+kl_module = importlib.import_module("promptbake.eval.kl")
+logits_module = importlib.import_module("promptbake.logits")
 from promptbake.config import BakeConfig
 from promptbake.data import read_trajectories
 
