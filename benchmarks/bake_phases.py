@@ -26,14 +26,14 @@ from collections import defaultdict
 from pathlib import Path
 
 from promptbake import cli
+from promptbake.config import BakeConfig
+from promptbake.data import read_trajectories
 
 # importlib, not `import promptbake.bake as ...`: the package exports the function `bake` under that name
 bake_module = importlib.import_module("promptbake.bake")
 data_module = importlib.import_module("promptbake.data")
 kl_module = importlib.import_module("promptbake.eval.kl")
 logits_module = importlib.import_module("promptbake.logits")
-from promptbake.config import BakeConfig
-from promptbake.data import read_trajectories
 
 PERSONA = Path(__file__).resolve().parent.parent / "examples" / "persona.txt"
 SHARED_PREFIX = hasattr(data_module, "shared_prefix_length")   # this benchmark also times older code
