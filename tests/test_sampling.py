@@ -31,3 +31,41 @@ def test_shared_prefix_sampling_matches_full_prompts(tiny, monkeypatch):
         assert torch.allclose(a, b, atol=1e-4)
     alone, alone_logits = sampling.generate_batch(model, prompts[-1:], greedy, tokenizer.pad_token_id, stop, True)
     assert alone[0] == full[-1] and torch.allclose(alone_logits[0], full_logits[-1], atol=1e-4)
+
+
+def test_nucleus_sampling_keeps_exactly_transformers_top_p_set():
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    from promptbake.decode import nucleus_mask
+
+    logits = torch.randn(6, 500, generator=torch.Generator().manual_seed(0)) * 3
+    for top_p in (0.3, 0.9, 0.99):
+        warped = TopPLogitsWarper(top_p)(None, logits.clone())
+        assert torch.equal(nucleus_mask(logits, 1.0, top_p), warped > float("-inf")), top_p
+
+
+@pytest.mark.parametrize("candidates", [4, 1024])   # 4: most rows need the full-sort fallback
+def test_next_tokens_draw_only_from_the_nucleus_and_follow_its_probabilities(candidates):
+    from promptbake.decode import next_tokens, nucleus_mask
+
+    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(1)) * 2
+    allowed = nucleus_mask(logits, 1.0, 0.8)[0]
+    torch.manual_seed(0)
+    draws = torch.stack([next_tokens(logits, 1.0, 0.8, candidates) for _ in range(3000)]).flatten()
+    assert allowed[draws].all()
+    probs = torch.softmax(logits[0], -1) * allowed
+    expected = probs / probs.sum()
+    observed = torch.bincount(draws, minlength=50).float() / len(draws)
+    assert (observed - expected).abs().max() < 0.03
+
+
+def test_greedy_decoding_equals_transformers_generate(tiny):
+    model, tokenizer = tiny
+    prompts = [teacher_prompt_ids(tokenizer, q, PERSONA) for q in QUESTIONS]
+    stop = stop_token_ids(tokenizer, model.generation_config)
+    greedy = sampling.generation_config(SampleConfig(sampling_temperature=0, max_new_tokens=12), stop,
+                                        tokenizer.pad_token_id)
+    ours, _ = sampling.generate_batch(model, prompts, greedy, tokenizer.pad_token_id, stop)
+    for prompt, (ids, finished) in zip(prompts, ours):
+        reference = model.generate(input_ids=torch.tensor([prompt]), generation_config=greedy)[0, len(prompt):]
+        assert ids == sampling.cut_at_stop(reference.tolist(), stop)[0]

@@ -1,12 +1,10 @@
 """Batched trajectory sampling from the teacher (the base model prompted with the system prompt).
 
-Prompts of similar length are batched together (left padding, KV cache via `generate`). Sampling settings are
-passed explicitly in a fresh GenerationConfig so nothing is inherited from the checkpoint's generation_config
-(which may, for example, carry top_k=50).
+Prompts of similar length are batched together (left padding, a KV cache, the shared prompt prefix computed once)
+and decoded by decode.py. Sampling settings are passed explicitly in a fresh GenerationConfig so nothing is
+inherited from the checkpoint's generation_config (which may, for example, carry top_k=50).
 """
 from __future__ import annotations
-
-import copy
 
 import torch
 from tqdm.auto import tqdm
@@ -14,6 +12,7 @@ from transformers import GenerationConfig
 
 from .config import SampleConfig
 from .data import Trajectory, shared_prefix_length
+from .decode import decode
 from .logits import top_k_log_probs
 from .prompts import stop_token_ids
 
@@ -65,17 +64,15 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
     width = max(len(p) for p in own)
     input_ids = torch.tensor([prompts[0][:shared] + [pad_id] * (width - len(p)) + p for p in own])
     attention_mask = torch.tensor([[1] * shared + [0] * (width - len(p)) + [1] * len(p) for p in own])
-    width += shared
-    gen_config = copy.deepcopy(gen_config)
-    gen_config.output_logits, gen_config.return_dict_in_generate = keep_logits, True
     cache = _prefix_cache(model, prompts[0][:shared], len(prompts)) if shared else None
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config,
-                         cache=cache)
-    results = [cut_at_stop(row[width:].tolist(), stop_ids) for row in out.sequences]
+    temperature = gen_config.temperature if gen_config.do_sample else 0.0
+    tokens, steps = decode(model, input_ids, attention_mask, cache, gen_config.max_new_tokens, temperature,
+                           gen_config.top_p or 1.0, stop_ids, pad_id, keep_logits)
+    results = [cut_at_stop(row.tolist(), stop_ids) for row in tokens]
     if not keep_logits:
         return results, None
-    # out.logits: one [B, V] tensor per step; copy each row's kept steps so the batch-wide tensors can be freed
-    return results, [torch.stack([step[i] for step in out.logits[:len(ids)]]) for i, (ids, _) in enumerate(results)]
+    # steps: one [B, V] tensor per step; copy each row's kept steps so the batch-wide tensors can be freed
+    return results, [torch.stack([step[i] for step in steps[:len(ids)]]) for i, (ids, _) in enumerate(results)]
 
 
 def sample_trajectories(model, tokenizer, jobs: list[dict], cfg: SampleConfig, seed: int,
