@@ -69,3 +69,20 @@ def test_greedy_decoding_equals_transformers_generate(tiny):
     for prompt, (ids, finished) in zip(prompts, ours):
         reference = model.generate(input_ids=torch.tensor([prompt]), generation_config=greedy)[0, len(prompt):]
         assert ids == sampling.cut_at_stop(reference.tolist(), stop)[0]
+
+
+def test_top_k_kept_during_sampling_equals_top_k_of_the_full_logits(tiny):
+    from promptbake.logits import top_k_log_probs
+
+    model, tokenizer = tiny
+    prompts = [teacher_prompt_ids(tokenizer, q, PERSONA) for q in QUESTIONS]
+    stop = stop_token_ids(tokenizer, model.generation_config)
+    gen = sampling.generation_config(SampleConfig(max_new_tokens=8), stop, tokenizer.pad_token_id)
+    torch.manual_seed(3)
+    full_out, full = sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, True)
+    torch.manual_seed(3)
+    top_out, top = sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, True, top_k=16)
+    assert top_out == full_out
+    for logits, (ids, log_probs) in zip(full, top):
+        want_ids, want_log_probs = top_k_log_probs(logits, 16)
+        assert torch.equal(ids, want_ids) and torch.allclose(log_probs, want_log_probs)

@@ -93,7 +93,7 @@ class TrainConfig:
     teacher_cache_gb: float = _help("keep the teacher's logits in memory when they fit in this many GB, so "
                                     "training runs no teacher pass (0: recompute the teacher every step)", 3.0)
     teacher_top_k: int = _help("cache the teacher as its top-k log-probabilities plus an exact tail bucket (0: "
-                               "full-vocabulary logits); the loss stays a true KL, memory is ~12·k bytes a token", 0)
+                               "full-vocabulary logits); the loss stays a true KL, memory is ~12·k bytes a token", 256)
     checkpoint_every: int = _help("save checkpoints/step-N and evaluate held-out KL every N steps (0 = off)", 8)
 
     def problems(self) -> list[str]:

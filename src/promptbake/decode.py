@@ -55,15 +55,16 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
 
 @torch.no_grad()
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, max_new_tokens: int,
-           temperature: float, top_p: float, stop_ids: list[int], pad_id: int, keep_logits: bool = False):
+           temperature: float, top_p: float, stop_ids: list[int], pad_id: int, on_step=None) -> torch.Tensor:
     """Generate up to `max_new_tokens` after `input_ids` [B, L] (left-padded, or laid out around a cached prefix).
 
     Args:
         attention_mask: [B, L] over the whole input, cached prefix included.
         cache: a transformers Cache holding the first `cache.get_seq_length()` positions, or None.
+        on_step: called with each step's raw logits [B, V] (before temperature and top_p), the distribution that
+            step's token is drawn from: the teacher's, for the cache.
     Returns:
-        (tokens [B, T], logits): the new tokens (pad after a row's stop token); logits is the list of raw [B, V]
-        logits that predicted each step's token (keep_logits), else None.
+        the new tokens [B, T] (pad after a row's stop token).
     """
     cached = cache.get_seq_length() if cache is not None else 0
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -73,10 +74,10 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, 
     stop = torch.tensor(stop_ids)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
     position = positions[:, -1:]
-    tokens, kept = [], []
+    tokens = []
     for _ in range(max_new_tokens):
-        if keep_logits:
-            kept.append(logits)
+        if on_step:
+            on_step(logits)
         token = torch.where(finished, torch.full_like(finished, pad_id, dtype=torch.long),
                             next_tokens(logits, temperature, top_p))
         tokens.append(token)
@@ -88,4 +89,4 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, 
         out = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position, cache=cache,
                     use_cache=True)
         cache, logits = out.cache, out.logits[:, -1]
-    return torch.stack(tokens, dim=1), (kept if keep_logits else None)
+    return torch.stack(tokens, dim=1)

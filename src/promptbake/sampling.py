@@ -47,7 +47,7 @@ def _prefix_cache(model, prefix: list[int], batch_size: int):
 
 @torch.no_grad()
 def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig, pad_id: int,
-                   stop_ids: list[int], keep_logits: bool = False):
+                   stop_ids: list[int], keep_logits: bool = False, top_k: int = 0):
     """Generate one continuation per prompt (token-id lists).
 
     Teacher prompts share a long prefix (chat template + system prompt: 54 of 72 tokens for the example persona on
@@ -57,7 +57,8 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
 
     Returns (results, logits): results holds (ids, finished) per prompt; logits (None unless `keep_logits`) holds the
     raw logits [n_i, V] that predicted each kept token: the model's own next-token distribution, before temperature
-    or top_p touch it.
+    or top_p touch it. With `top_k` > 0 each step is reduced at once to its top-k (ids, log-probs), so a batch's
+    full-vocabulary logits are never held (B × V floats at a time instead of B × T × V).
     """
     shared = shared_prefix_length(prompts)
     own = [p[shared:] for p in prompts]
@@ -66,11 +67,16 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
     attention_mask = torch.tensor([[1] * shared + [0] * (width - len(p)) + [1] * len(p) for p in own])
     cache = _prefix_cache(model, prompts[0][:shared], len(prompts)) if shared else None
     temperature = gen_config.temperature if gen_config.do_sample else 0.0
-    tokens, steps = decode(model, input_ids, attention_mask, cache, gen_config.max_new_tokens, temperature,
-                           gen_config.top_p or 1.0, stop_ids, pad_id, keep_logits)
+    steps = []
+    keep = (lambda x: steps.append(top_k_log_probs(x, top_k) if top_k else x)) if keep_logits else None
+    tokens = decode(model, input_ids, attention_mask, cache, gen_config.max_new_tokens, temperature,
+                    gen_config.top_p or 1.0, stop_ids, pad_id, keep)
     results = [cut_at_stop(row.tolist(), stop_ids) for row in tokens]
     if not keep_logits:
         return results, None
+    if top_k:   # per row: ([n_i, k] ids, [n_i, k] log-probs)
+        return results, [(torch.stack([ids[i] for ids, _ in steps[:len(r)]]),
+                          torch.stack([lp[i] for _, lp in steps[:len(r)]])) for i, (r, _) in enumerate(results)]
     # steps: one [B, V] tensor per step; copy each row's kept steps so the batch-wide tensors can be freed
     return results, [torch.stack([step[i] for step in steps[:len(ids)]]) for i, (ids, _) in enumerate(results)]
 
@@ -109,9 +115,9 @@ def sample_trajectories(model, tokenizer, jobs: list[dict], cfg: SampleConfig, s
             continue
         torch.manual_seed(seed * 100_003 + number)
         prompts = [jobs[i]["teacher_prompt_ids"] for i in batch]
-        out, kept = generate_batch(model, prompts, gen_config, pad_id, stop_ids, keep_logits)
+        out, kept = generate_batch(model, prompts, gen_config, pad_id, stop_ids, keep_logits, top_k)
         if kept is not None:
-            logits.update(zip(batch, [top_k_log_probs(x, top_k) for x in kept] if top_k else kept))
+            logits.update(zip(batch, kept))
             del kept
         for i, (ids, finished) in zip(batch, out):
             results[i] = Trajectory(**jobs[i], completion_ids=ids, finished=finished,
