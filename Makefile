@@ -24,8 +24,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The default bake phase by phase (time, tokens/s, GFLOP/s, peak memory, closure), then batched vs naive.
 bench: $(STAMP)
-	$(PY) benchmarks/bake_speed.py
+	$(PY) benchmarks/bake_phases.py
 
 clean:
 	rm -rf $(VENV) runs

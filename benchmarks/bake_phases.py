@@ -12,7 +12,7 @@ and the LM head; SmolLM2-135M: 134.5 M). Attention scores (~5 % at these lengths
 the tokens actually computed: padding included, and for sampling the shared prompt prefix once per batch when the
 sampler computes it once.
 
-    .venv/bin/python benchmarks/bake_phases.py [--json out.json] [--naive 32]
+    .venv/bin/python benchmarks/bake_phases.py [--json out.json] [--naive 32]    (also: make bench)
 """
 from __future__ import annotations
 
@@ -102,6 +102,8 @@ def _sampling_tokens(trajectories, batch_size: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None, help="also write the numbers here")
+    parser.add_argument("--naive", type=int, default=32, metavar="N",
+                        help="then time the naive one-sequence-at-a-time path on N trajectories (0: skip)")
     args = parser.parse_args()
     _instrument()
     out = Path(tempfile.mkdtemp(prefix="bake_phases_")) / "run"
@@ -146,6 +148,15 @@ def main() -> None:
     for phase, row in rows.items():
         print(f"{phase:<24}{row['seconds']:>9}{row.get('tokens', ''):>9}{row.get('tokens_per_s', ''):>8}"
               f"{row.get('gflop', ''):>8}{row.get('gflop_per_s', ''):>9}")
+    if args.naive:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bake_speed import compare, report
+
+        result["naive_comparison"] = compare(record["config"]["model"]["name"], args.naive)
+        print(f"\nthe same code, batched vs the naive one-sequence-at-a-time path ({args.naive} trajectories):")
+        report(result["naive_comparison"])
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -35,16 +35,11 @@ def _timed(fn):
     return result, time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--trajectories", type=int, default=32, help="trajectories per path")
-    parser.add_argument("--json", default=None, help="also write the numbers here")
-    args = parser.parse_args()
-
+def compare(model_name: str = "smollm2-135m", trajectories: int = 32) -> dict:
+    """Tokens/s of the default batched path and of the naive one-sequence-at-a-time path, and their ratios."""
     config = BakeConfig()
-    model, tokenizer, _ = load_model(args.model)
-    jobs = build_jobs(tokenizer, PERSONA, builtin_questions()[: args.trajectories], "train", 1)
+    model, tokenizer, _ = load_model(model_name)
+    jobs = build_jobs(tokenizer, PERSONA, builtin_questions()[:trajectories], "train", 1)
     # both paths use the default sampling settings; only the batch size differs
 
     (batched, kept), t_batched = _timed(
@@ -69,18 +64,31 @@ def main() -> None:
         summary = train_adapter(peft_model, batched, cfg, tokenizer.pad_token_id, 0,
                                 Path(tempfile.mkdtemp(prefix=f"bake_speed_{name}_")), progress=False, cache=cache)
         rows[name] = students / summary["seconds"]
-
-    result = {
-        "model": args.model, "trajectories": args.trajectories, "threads": torch.get_num_threads(),
+    return {
+        "model": model_name, "trajectories": trajectories, "threads": torch.get_num_threads(),
         "sampling_tokens_per_s": {"batched": tokens_b / t_batched, "naive": tokens_n / t_naive,
                                   "ratio": (tokens_b / t_batched) / (tokens_n / t_naive)},
         "training_tokens_per_s": {"batched": rows["batched"], "naive": rows["naive"],
                                   "ratio": rows["batched"] / rows["naive"]},
     }
-    print(f"sampling: batched {result['sampling_tokens_per_s']['batched']:.0f} new tok/s, naive "
-          f"{result['sampling_tokens_per_s']['naive']:.0f} new tok/s, ratio {result['sampling_tokens_per_s']['ratio']:.2f}x")
-    print(f"training: batched {rows['batched']:.0f} tok/s, naive {rows['naive']:.0f} tok/s, "
-          f"ratio {result['training_tokens_per_s']['ratio']:.2f}x   (student tokens, teacher pass included)")
+
+
+def report(result: dict) -> None:
+    sampling, training = result["sampling_tokens_per_s"], result["training_tokens_per_s"]
+    print(f"sampling: batched {sampling['batched']:.0f} new tok/s, naive {sampling['naive']:.0f} new tok/s, "
+          f"ratio {sampling['ratio']:.2f}x")
+    print(f"training: batched {training['batched']:.0f} tok/s, naive {training['naive']:.0f} tok/s, "
+          f"ratio {training['ratio']:.2f}x   (student tokens, teacher pass included)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--trajectories", type=int, default=32, help="trajectories per path")
+    parser.add_argument("--json", default=None, help="also write the numbers here")
+    args = parser.parse_args()
+    result = compare(args.model, args.trajectories)
+    report(result)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)
