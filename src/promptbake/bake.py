@@ -99,7 +99,6 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     """
     system_prompt = _check_prompt(system_prompt)
     out = Path(out)
-    config = _absolute_paths(config)
     if not resume:
         runfolder.check_out_dir(out, overwrite)               # validate cheap inputs before loading or writing
     if config.sample.sampler == "vllm":
@@ -126,7 +125,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
             runfolder.prepare_out_dir(out, overwrite)
             progress_file.unlink(missing_ok=True)
             runfolder.atomic_write_text(out / runfolder.SYSTEM_PROMPT, system_prompt)
-            save_config(config, out / runfolder.CONFIG_YAML)
+            save_config(_absolute_paths(config), out / runfolder.CONFIG_YAML)
             runfolder.atomic_write_json(out / runfolder.BAKE_JSON, {
                 "status": "running", "stage": "sampling",
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -135,7 +134,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
                 "system_prompt_tokens": prompt_tokens,
                 "framing": describe_framing(tokenizer, system_prompt),
                 "seed": config.seed,
-                "config": config.to_dict(),
+                "config": _absolute_paths(config).to_dict(),
                 "questions": {"source": config.sample.questions, "train": train_q, "heldout": heldout_q},
                 "versions": _versions(),
             })
@@ -181,7 +180,8 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
 
 
 def _absolute_paths(config: BakeConfig) -> BakeConfig:
-    """Paths in the config, made absolute: the saved config.yaml then reloads (resume, eval) from any directory."""
+    """Paths in the config, made absolute for saving: config.yaml and bake.json then reload (resume, eval) from any
+    directory. Messages about the paths keep the user's own spelling, so only what is saved is converted."""
     changes = {}
     if config.sample.questions not in (BUILTIN, ARITHMETIC):
         changes["sample.questions"] = str(Path(config.sample.questions).expanduser().resolve())
@@ -292,8 +292,8 @@ def _prepare_training(out: Path, config: BakeConfig, resume: bool) -> Path | Non
         (out / runfolder.METRICS).unlink(missing_ok=True)
         shutil.rmtree(out / runfolder.CHECKPOINTS, ignore_errors=True)
     shutil.rmtree(out / runfolder.ADAPTER, ignore_errors=True)
-    save_config(config, out / runfolder.CONFIG_YAML)
-    _update_status(out, status="running", stage="training", config=config.to_dict(),
+    save_config(_absolute_paths(config), out / runfolder.CONFIG_YAML)
+    _update_status(out, status="running", stage="training", config=_absolute_paths(config).to_dict(),
                    resumed_from=checkpoint.name if checkpoint else None)
     return checkpoint
 
