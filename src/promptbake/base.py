@@ -12,9 +12,7 @@ from .models import load_model
 def previous_bake(on: str) -> tuple[Path, BakeConfig]:
     """The finished run folder named by `model.on`, and its config."""
     run = Path(on).expanduser()
-    record = runfolder.read_bake_json(run)
-    if record.get("status") != "finished" or not (run / runfolder.ADAPTER / "adapter_model.safetensors").is_file():
-        raise UserError(f"--on {run} is not a finished bake (status: {record.get('status')}); finish it first")
+    record = runfolder.read_finished_bake(run, "--on")
     return run, config_from_dict(record["config"], where=str(run / runfolder.BAKE_JSON))
 
 

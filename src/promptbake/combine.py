@@ -30,13 +30,6 @@ def parse_weights(text: str | None, count: int) -> list[float]:
     return weights
 
 
-def _finished(run: Path) -> dict:
-    record = runfolder.read_bake_json(run)
-    if record.get("status") != "finished" or not (run / runfolder.ADAPTER / "adapter_model.safetensors").is_file():
-        raise UserError(f"{run} is not a finished bake (status: {record.get('status')}); finish it first")
-    return record
-
-
 def _same_base(runs: list[Path], records: list[dict]) -> None:
     """Adapters are weight differences against one base: refuse runs on different models or `--on` chains."""
     def base_of(record):
@@ -72,7 +65,7 @@ def combine_runs(run_dirs: list[str | Path], out: str | Path, weights: list[floa
     out = Path(out)
     if any(out.resolve() == run.resolve() for run in runs):
         raise UserError("--out must be a new folder, not one of the run folders being combined")
-    records = [_finished(run) for run in runs]
+    records = [runfolder.read_finished_bake(run) for run in runs]
     _same_base(runs, records)
     runfolder.check_out_dir(out, overwrite)
     config = config_from_dict(records[0]["config"], where=str(runs[0] / runfolder.BAKE_JSON))

@@ -103,6 +103,16 @@ def read_bake_json(run_dir: Path) -> dict:
     return record
 
 
+def read_finished_bake(run_dir: Path, name: str = "") -> dict:
+    """bake.json of a run folder that holds a finished bake with its adapter; `name` prefixes the message (e.g. --on)."""
+    run_dir = Path(run_dir)
+    record = read_bake_json(run_dir)
+    if record.get("status") != "finished" or not (run_dir / ADAPTER / "adapter_model.safetensors").is_file():
+        raise UserError(f"{name + ' ' if name else ''}{run_dir} is not a finished bake (status: "
+                        f"{record.get('status')}); finish it first")
+    return record
+
+
 def check_out_dir(out: Path, overwrite: bool) -> bool:
     """Raise unless `out` may receive a new run; True when it holds a previous run that overwrite will replace."""
     out = Path(out)
