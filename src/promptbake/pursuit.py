@@ -50,10 +50,11 @@ def prepare_pursuit_dir(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _judges(baked, probes: ProbeFile, conditions, samples: int, temperature: float, seed: int) -> dict:
+def _judges(baked, probes: ProbeFile, conditions, samples: int, temperature: float, max_new_tokens: int,
+            seed: int) -> dict:
     from .eval.judges import run_probes
 
-    overall, _ = run_probes(baked, probes.probes, samples, temperature, probes.max_new_tokens or 64, seed, conditions)
+    overall, _ = run_probes(baked, probes.probes, samples, temperature, max_new_tokens, seed, conditions)
     return overall
 
 
@@ -71,7 +72,7 @@ class _Reference:
         if locality:
             from .eval.knowledge import locality_answers
 
-            answered = locality_answers(baked, locality, BASE, judging[2])
+            answered = locality_answers(baked, locality, BASE, judging[3])
             self.kept = [p for p, (ok, _) in zip(locality.probes, answered) if ok]
 
     def summary(self) -> dict:
@@ -89,7 +90,7 @@ def _measure_round(baked, reference: _Reference, probes: ProbeFile, judging: tup
         from .eval.knowledge import locality_answers
 
         kept = ProbeFile(reference.kept, reference.locality.source)
-        answered = locality_answers(baked, kept, BAKED, judging[2])
+        answered = locality_answers(baked, kept, BAKED, judging[3])
         found["locality"] = rate(sum(ok for ok, _ in answered), len(answered))
         found["locality_lost"] = [{"question": p.question, "reply": reply}
                                   for p, (ok, reply) in zip(reference.kept, answered) if not ok][:5]
@@ -109,7 +110,7 @@ def pursue(system_prompt: str, out: str | Path, config: BakeConfig, rounds: int,
     Returns:
         the pursuit.json record: {"reference", "rounds": [...], "stopped"}.
     """
-    from .eval.judges import settings
+    from .eval.judges import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SAMPLES, settings
 
     rounds = check_rounds(rounds)
     if not isinstance(patience, int) or patience < 1:
@@ -125,7 +126,9 @@ def pursue(system_prompt: str, out: str | Path, config: BakeConfig, rounds: int,
         result = bake(system_prompt, out / f"round-{number}", round_config, progress=progress)
         baked_seconds = time.perf_counter() - start
         baked = load_baked(out / f"round-{number}")
-        judging = settings(baked, probes, samples, temperature, 8, 64)[:2] + (config.seed,)
+        # (samples, temperature, max_new_tokens, seed), resolved as for `promptbake eval --suite judges`
+        judging = settings(baked, probes, samples, temperature, DEFAULT_SAMPLES,
+                           DEFAULT_MAX_NEW_TOKENS) + (config.seed,)
         if reference is None:
             reference = _Reference(baked, probes, locality, judging)
             record["reference"] = reference.summary()

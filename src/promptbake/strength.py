@@ -32,13 +32,13 @@ def parse_strengths(text: str) -> list[float]:
     return list(dict.fromkeys(values))
 
 
-def _judge(baked, probes: ProbeFile | None, conditions, samples: int, temperature: float, seed: int) -> dict:
+def _judge(baked, probes: ProbeFile | None, conditions, samples: int, temperature: float, max_new_tokens: int,
+           seed: int) -> dict:
     if probes is None:
         return {}
     from .eval.judges import run_probes
 
-    overall, rows = run_probes(baked, probes.probes, samples, temperature, probes.max_new_tokens or 64, seed,
-                               conditions)
+    overall, rows = run_probes(baked, probes.probes, samples, temperature, max_new_tokens, seed, conditions)
     return {name: {"all": overall[name], **{row["name"]: _drop_samples(row["conditions"][name]) for row in rows}}
             for name in overall}
 
@@ -106,16 +106,16 @@ def _trajectories(baked):
 
 
 def _settings(baked, probes, samples, temperature, seed) -> tuple:
+    """(samples, temperature, max_new_tokens, seed) of the judges, resolved as for `promptbake eval`."""
     if probes is None:
-        return (0, None, seed)
-    from .eval.judges import settings
+        return (0, None, 0, seed)
+    from .eval.judges import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SAMPLES, settings
 
-    samples, temperature, _ = settings(baked, probes, samples, temperature, 8, 64)
-    return (samples, temperature, seed)
+    return settings(baked, probes, samples, temperature, DEFAULT_SAMPLES, DEFAULT_MAX_NEW_TOKENS) + (seed,)
 
 
 def series(sweep: dict, adapter_kind: str) -> list[dict]:
-    """The points of one curve: "strength" (final adapter, by α ≤ 1) or "step" (checkpoints, then final at α = 1)."""
+    """The points of one curve: "strength" (final adapter, by α) or "step" (checkpoints, then final at α = 1)."""
     if adapter_kind == "strength":
         return sorted((p for p in sweep["points"] if p["adapter"] == "final"), key=lambda p: p["strength"])
     ckpts = [p for p in sweep["points"] if p["adapter"] != "final"]
