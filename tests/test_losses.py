@@ -135,3 +135,49 @@ def test_cached_top_k_teacher_matches_the_recomputed_full_teacher_on_a_model(tin
         assert masked_sum(everything.per_token_kl(index, student, "forward"), mask) == pytest.approx(
             float(recomputed), rel=1e-4)
         assert 0 < float(masked_sum(small.per_token_kl(index, student, "forward"), mask)) <= float(recomputed) + 1e-4
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_fused_head_kl_equals_top_k_kl_of_the_head_logits_with_its_gradient(chunk):
+    """head_kl_topk (LM head + KL, gradient computed in closed form) gives per_token_kl_topk's values and gradient."""
+    from promptbake.losses import head_kl_topk, per_token_kl_topk
+
+    torch.manual_seed(3)
+    weight, bias = torch.randn(50, 8) * 0.7, torch.randn(50) * 0.1
+    ids, log_probs = _top(_logits(9, (6, 50)), 5)                              # [6, 5] each
+    hidden = torch.randn(ids.shape[0], 8, requires_grad=True)
+    fused = head_kl_topk(hidden, weight, bias, ids, log_probs, chunk)
+    (fused * torch.arange(1.0, 7.0)).sum().backward()                           # unequal upstream gradients
+    got = hidden.grad.clone()
+    hidden.grad = None
+    plain = per_token_kl_topk(ids[None], log_probs[None], torch.nn.functional.linear(hidden, weight, bias)[None])[0]
+    (plain * torch.arange(1.0, 7.0)).sum().backward()
+    assert torch.allclose(fused, plain, atol=1e-5) and torch.allclose(got, hidden.grad, atol=1e-5)
+    assert got.abs().sum() > 0
+
+
+def test_fused_training_step_gives_the_same_loss_and_adapter_gradients_as_logits(tiny):
+    """The fused path (decoder hidden states on real positions + head_kl_topk) and the logits path agree."""
+    from conftest import make_trajectories
+    from promptbake.config import TrainConfig
+    from promptbake.logits import PLAIN_HEAD, TeacherCache, plain_head
+    from promptbake.train import _step_loss, add_lora
+
+    model, tokenizer = tiny
+    trajectories = make_trajectories(tokenizer)
+    cache = TeacherCache.compute(model, trajectories, tokenizer.pad_token_id, 10_000, top_k=16)
+    model = add_lora(model, TrainConfig(), seed=0)
+    with torch.no_grad():   # B = 0 at init: give the adapter an effect so its gradients are not trivial
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    assert plain_head(model) is not None
+    grads = []
+    for fused in (True, False):
+        PLAIN_HEAD[model] = fused
+        loss, _ = _step_loss(model, trajectories, [0, 1, 2, 3], tokenizer.pad_token_id, "forward", 29, cache)
+        grads.append((loss, [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+        model.zero_grad()
+    (loss_fused, grad_fused), (loss_plain, grad_plain) = grads
+    assert loss_fused == pytest.approx(loss_plain, rel=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-6, rtol=1e-3) for a, b in zip(grad_fused, grad_plain))

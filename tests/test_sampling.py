@@ -86,3 +86,18 @@ def test_top_k_kept_during_sampling_equals_top_k_of_the_full_logits(tiny):
     for logits, (ids, log_probs) in zip(full, top):
         want_ids, want_log_probs = top_k_log_probs(logits, 16)
         assert torch.equal(ids, want_ids) and torch.allclose(log_probs, want_log_probs)
+
+
+def test_roomy_cache_gives_the_logits_of_a_growing_cache_and_refuses_to_overflow(tiny):
+    from promptbake.decode import roomy_cache
+
+    model, tokenizer = tiny
+    prefix, rest = [5, 6, 7, 8], torch.tensor([[9, 10], [11, 12]])
+    want = model(input_ids=torch.cat([torch.tensor([prefix] * 2), rest], 1)).logits[:, -2:]
+    cache = roomy_cache(model, prefix, rows=2, room=7)
+    got = model(input_ids=rest, position_ids=torch.tensor([[4, 5]] * 2), cache=cache, use_cache=True).logits
+    assert torch.allclose(want, got, atol=1e-5)
+    step = model(input_ids=rest[:, :1], position_ids=torch.tensor([[6]] * 2), cache=cache, use_cache=True)
+    assert step.cache.get_seq_length() == 7
+    with pytest.raises(RuntimeError, match="holds 7 positions"):
+        model(input_ids=rest[:, :1], position_ids=torch.tensor([[7]] * 2), cache=cache, use_cache=True)

@@ -1,17 +1,67 @@
-"""The token-by-token decoding loop behind sampling: a KV cache, and nucleus sampling without sorting the vocabulary.
+"""The token-by-token decoding loop behind sampling: a preallocated KV cache, and nucleus sampling without sorting
+the vocabulary.
 
 transformers' `generate` samples by sorting every row's 49k-token vocabulary for top_p and drawing from the full
 distribution; on CPU that cost about as much per step as the model's forward pass at batch 96 (torch.profiler:
-sort 125 ms and exponential_ 126 ms per step, on one core). Here the nucleus is found among the row's
-TOP_P_CANDIDATES most likely tokens (`topk`), falling back to a full sort only for a row whose nucleus is wider,
-and the draw is made among those candidates. The distribution sampled is exactly top-p's (test: the kept set
-equals transformers' TopPLogitsWarper's).
+sort 125 ms and exponential_ 126 ms per step, on one core). Here one `topk` per step finds each row's
+TOP_P_CANDIDATES most likely tokens, the nucleus is looked for among them (a full sort only for a row whose nucleus
+is wider), and the same `topk` serves the teacher cache's top-k. The distribution sampled is exactly top-p's (test:
+the kept set equals transformers' TopPLogitsWarper's).
+
+transformers' DynamicCache grows by `torch.cat`, copying every layer's whole cache at every step: at batch 96 that
+was 30 % of a decoding step (torch.profiler, SmolLM2-135M). `RoomyLayer` writes each step into room allocated once.
 """
 from __future__ import annotations
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
 TOP_P_CANDIDATES = 1024
+
+
+class RoomyLayer(DynamicLayer):
+    """A DynamicLayer with room for `room` positions, allocated at the first update: appending writes in place.
+
+    `keys`/`values` are views of the filled part, so everything that reads a DynamicLayer reads this one."""
+
+    def __init__(self, room: int):
+        super().__init__()
+        self.room, self.length = room, 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self._allocate(key_states.shape[0], key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.room:
+            raise RuntimeError(f"RoomyLayer holds {self.room} positions; {end} were asked for")
+        self._keys[:, :, self.length:end] = key_states
+        self._values[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
+        return self.keys, self.values
+
+    def _allocate(self, rows: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.device = keys.device
+        self._keys = keys.new_empty(rows, keys.shape[1], self.room, keys.shape[-1])
+        self._values = values.new_empty(rows, values.shape[1], self.room, values.shape[-1])
+        self.is_initialized = True
+
+    @classmethod
+    def from_prefix(cls, keys: torch.Tensor, values: torch.Tensor, rows: int, room: int) -> "RoomyLayer":
+        """A layer for `rows` sequences that all start with one cached prefix ([1, H, P, D] keys and values)."""
+        layer = cls(room)
+        layer._allocate(rows, keys, values)
+        layer.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
+        return layer
+
+
+def roomy_cache(model, prefix: list[int], rows: int, room: int) -> Cache:
+    """A cache with room for `room` positions per row, holding `prefix` (computed once, batch 1) for every row."""
+    layers = model.config.num_hidden_layers
+    if not prefix:
+        return Cache(layers=[RoomyLayer(room) for _ in range(layers)])
+    once = model(input_ids=torch.tensor([prefix]), use_cache=True).cache
+    return Cache(layers=[RoomyLayer.from_prefix(layer.keys, layer.values, rows, room) for layer in once.layers])
 
 
 def _nucleus_draw(probs_sorted: torch.Tensor, ids_sorted: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -34,35 +84,42 @@ def nucleus_mask(logits: torch.Tensor, temperature: float, top_p: float) -> torc
 
 
 def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                candidates: int = TOP_P_CANDIDATES) -> torch.Tensor:
-    """One token per row from raw logits [B, V]: greedy at temperature 0, else top-p sampling → [B]."""
+                candidates: int = TOP_P_CANDIDATES, top=None) -> torch.Tensor:
+    """One token per row from raw logits [B, V]: greedy at temperature 0, else top-p sampling → [B].
+
+    `top`: `logits.float().topk(n)` when the caller has it already (n ≥ candidates), so it is not computed twice.
+    """
     if temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    scaled = logits.float() / temperature
     if top_p >= 1.0:
-        return torch.multinomial(probs, 1).squeeze(-1)
-    k = min(candidates, probs.shape[-1])
-    top_probs, top_ids = probs.topk(k, dim=-1)                   # sorted, most likely first
-    out = torch.empty(probs.shape[0], dtype=torch.long)
+        return torch.multinomial(torch.softmax(scaled, dim=-1), 1).squeeze(-1)
+    k = min(candidates, scaled.shape[-1])
+    if top is None or top.values.shape[-1] < k:
+        top = logits.float().topk(k, dim=-1)                     # sorted, most likely first; same order at any T > 0
+    log_z = torch.logsumexp(scaled, dim=-1, keepdim=True)
+    top_probs, top_ids = torch.exp(top.values[:, :k] / temperature - log_z), top.indices[:, :k]
+    out = torch.empty(scaled.shape[0], dtype=torch.long)
     wide = top_probs.sum(-1) < top_p                              # nucleus reaches past the candidates
     if (~wide).any():
         out[~wide] = _nucleus_draw(top_probs[~wide], top_ids[~wide], top_p)
     if wide.any():
-        sorted_probs, sorted_ids = probs[wide].sort(dim=-1, descending=True)
+        sorted_probs, sorted_ids = torch.softmax(scaled[wide], dim=-1).sort(dim=-1, descending=True)
         out[wide] = _nucleus_draw(sorted_probs, sorted_ids, top_p)
     return out
 
 
 @torch.no_grad()
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, max_new_tokens: int,
-           temperature: float, top_p: float, stop_ids: list[int], pad_id: int, on_step=None) -> torch.Tensor:
+           temperature: float, top_p: float, stop_ids: list[int], pad_id: int, on_step=None,
+           keep_top: int = 0) -> torch.Tensor:
     """Generate up to `max_new_tokens` after `input_ids` [B, L] (left-padded, or laid out around a cached prefix).
 
     Args:
         attention_mask: [B, L] over the whole input, cached prefix included.
-        cache: a transformers Cache holding the first `cache.get_seq_length()` positions, or None.
+        cache: a transformers Cache holding the first `cache.get_seq_length()` positions (roomy_cache), or None.
         on_step: called with each step's raw logits [B, V] (before temperature and top_p), the distribution that
-            step's token is drawn from: the teacher's, for the cache.
+            step's token is drawn from (the teacher's, for the cache), and its `topk(keep_top)` (None if 0).
     Returns:
         the new tokens [B, T] (pad after a row's stop token).
     """
@@ -74,19 +131,22 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, 
     stop = torch.tensor(stop_ids)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
     position = positions[:, -1:]
+    mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], max_new_tokens)], dim=-1)
+    sampling = temperature > 0 and top_p < 1.0
+    width = min(max(keep_top, TOP_P_CANDIDATES if sampling else 0), logits.shape[-1])
     tokens = []
     for _ in range(max_new_tokens):
+        top = logits.float().topk(width, dim=-1) if width else None
         if on_step:
-            on_step(logits)
+            on_step(logits, top)
         token = torch.where(finished, torch.full_like(finished, pad_id, dtype=torch.long),
-                            next_tokens(logits, temperature, top_p))
+                            next_tokens(logits, temperature, top_p, top=top))
         tokens.append(token)
         finished |= torch.isin(token, stop)
         if finished.all() or len(tokens) == max_new_tokens:
             break
-        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=-1)
         position = position + 1
-        out = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position, cache=cache,
-                    use_cache=True)
+        out = model(input_ids=token[:, None], attention_mask=mask[:, :attention_mask.shape[1] + len(tokens)],
+                    position_ids=position, cache=cache, use_cache=True)
         cache, logits = out.cache, out.logits[:, -1]
     return torch.stack(tokens, dim=1)

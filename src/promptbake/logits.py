@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 
@@ -35,6 +36,44 @@ def completion_logits(model, batch: dict[str, torch.Tensor], side: str) -> torch
         use_cache=cache is not None,
     )
     return out.logits
+
+
+PLAIN_HEAD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # model → whether plain_head holds
+
+
+def _decoder(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model   # a PeftModel's own model
+    return base.get_decoder()
+
+
+def plain_head(model):
+    """The LM head as a frozen nn.Linear when the model's logits are exactly head(decoder's last hidden state), else
+    None (soft-capped, scaled or trained heads). Checked once per model on four tokens, then remembered."""
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.weight.requires_grad:
+        return None
+    if model not in PLAIN_HEAD:
+        with torch.no_grad():
+            ids = torch.arange(4, device=head.weight.device)[None]
+            want = model(input_ids=ids).logits
+            got = head(_decoder(model)(input_ids=ids).last_hidden_state)
+        PLAIN_HEAD[model] = want.shape == got.shape and torch.allclose(want, got, atol=1e-4, rtol=1e-4)
+    return head if PLAIN_HEAD[model] else None
+
+
+def completion_hidden(model, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
+    """The decoder's last hidden states at the real completion positions of `batch`: [N, H], rows in (sequence,
+    position) order. With plain_head, the LM head can then run on exactly these N rows (no padding)."""
+    width_c = batch["completion_mask"].shape[1]
+    prefix = batch.get(f"{side}_prefix_ids")
+    decoder, cache = _decoder(model), None
+    if prefix is not None:
+        cache = decoder(input_ids=prefix, use_cache=True).cache
+        cache.batch_repeat_interleave(batch[f"{side}_input_ids"].shape[0])
+    hidden = decoder(input_ids=batch[f"{side}_input_ids"], attention_mask=batch[f"{side}_attention_mask"],
+                     position_ids=batch[f"{side}_position_ids"], cache=cache,
+                     use_cache=cache is not None).last_hidden_state
+    return hidden[:, -width_c:][batch["completion_mask"].bool()]
 
 
 @torch.no_grad()
@@ -101,6 +140,10 @@ class TeacherCache:
         if self.top is not None:
             return TeacherCache(top=[self.top[i] for i in indices])
         return TeacherCache(logits=[self.logits[i] for i in indices])
+
+    def rows(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-k cache of `indices`, their positions concatenated in order: ([N, k] ids, [N, k] log-probs)."""
+        return torch.cat([self.top[i][0] for i in indices]), torch.cat([self.top[i][1] for i in indices])
 
     def batch(self, indices: list[int], width_c: int) -> torch.Tensor:
         """Stack the cached full logits of `indices`, zero-padded to width_c: [B, C, V] (padding is masked out)."""

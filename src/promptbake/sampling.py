@@ -12,8 +12,7 @@ from transformers import GenerationConfig
 
 from .config import SampleConfig
 from .data import Trajectory, shared_prefix_length
-from .decode import decode
-from .logits import top_k_log_probs
+from .decode import decode, roomy_cache
 from .prompts import stop_token_ids
 
 
@@ -38,13 +37,6 @@ def cut_at_stop(ids: list[int], stop_ids: list[int]) -> tuple[list[int], bool]:
     return ids, False
 
 
-def _prefix_cache(model, prefix: list[int], batch_size: int):
-    """The KV cache of `prefix`, computed once and repeated for every row of the batch."""
-    cache = model(input_ids=torch.tensor([prefix]), use_cache=True).cache
-    cache.batch_repeat_interleave(batch_size)
-    return cache
-
-
 @torch.no_grad()
 def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig, pad_id: int,
                    stop_ids: list[int], keep_logits: bool = False, top_k: int = 0):
@@ -65,12 +57,18 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
     width = max(len(p) for p in own)
     input_ids = torch.tensor([prompts[0][:shared] + [pad_id] * (width - len(p)) + p for p in own])
     attention_mask = torch.tensor([[1] * shared + [0] * (width - len(p)) + [1] * len(p) for p in own])
-    cache = _prefix_cache(model, prompts[0][:shared], len(prompts)) if shared else None
+    cache = roomy_cache(model, prompts[0][:shared], len(prompts), shared + width + gen_config.max_new_tokens)
     temperature = gen_config.temperature if gen_config.do_sample else 0.0
     steps = []
-    keep = (lambda x: steps.append(top_k_log_probs(x, top_k) if top_k else x)) if keep_logits else None
+
+    def keep(logits, top):   # the step's top-k log-probabilities (from the sampler's own topk), or its logits
+        if not top_k:
+            return steps.append(logits)
+        steps.append((top.indices[:, :top_k], top.values[:, :top_k] - torch.logsumexp(logits.float(), -1, keepdim=True)))
+
     tokens = decode(model, input_ids, attention_mask, cache, gen_config.max_new_tokens, temperature,
-                    gen_config.top_p or 1.0, stop_ids, pad_id, keep)
+                    gen_config.top_p or 1.0, stop_ids, pad_id, keep if keep_logits else None,
+                    top_k if keep_logits else 0)
     results = [cut_at_stop(row.tolist(), stop_ids) for row in tokens]
     if not keep_logits:
         return results, None

@@ -17,8 +17,8 @@ from .data import Trajectory, collate, micro_batches
 from .distributed import is_main, sum_gradients, sum_scalar, world
 from .errors import UserError
 from .eval.kl import HeldoutKL
-from .logits import TeacherCache, completion_logits, teacher_logits
-from .losses import masked_sum, per_token_kl
+from .logits import TeacherCache, completion_hidden, completion_logits, plain_head, teacher_logits
+from .losses import head_kl_topk, masked_sum, per_token_kl
 
 
 def add_lora(model, cfg: TrainConfig, seed: int):
@@ -53,6 +53,12 @@ def _step_loss(model, train: list[Trajectory], group: list[int], pad_id: int, di
                cache: TeacherCache | None) -> tuple[float, int]:
     """Forward + backward of one micro-batch; the loss is scaled so a step's gradients sum to a per-token mean."""
     batch = collate([train[i] for i in group], pad_id)
+    head = plain_head(model) if cache is not None and cache.top_k and direction == "forward" else None
+    if head is not None:                                          # LM head and KL fused, on real positions only
+        kl_sum = head_kl_topk(completion_hidden(model, batch, "student"), head.weight, head.bias,
+                              *cache.rows(group)).sum()
+        (kl_sum / step_tokens).backward()
+        return float(kl_sum.detach()), int(batch["student_attention_mask"].sum())
     student = completion_logits(model, batch, "student")        # [B, C, V]
     if cache is not None:                                         # full logits or top-k + tail, computed once
         kl = cache.per_token_kl(group, student, direction)
