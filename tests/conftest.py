@@ -57,7 +57,7 @@ def make_trajectories(tokenizer, system_prompt=PERSONA, questions=QUESTIONS, len
 
 TINY_BAKE_FLAGS = ["--train-questions", "4", "--heldout-questions", "2", "--trajectories-per-question", "2",
                    "--heldout-trajectories-per-question", "1", "--max-new-tokens", "6", "--quiet",
-                   "--epochs", "1", "--batch-size", "4", "--checkpoint-every", "1"]
+                   "--epochs", "1", "--batch-size", "4", "--checkpoint-every", "1", "--eval-every", "1"]
 
 
 @pytest.fixture(scope="session")

@@ -73,7 +73,7 @@ def test_training_changes_only_lora_parameters_and_lowers_kl(tiny, tmp_path):
     trajectories = make_trajectories(tokenizer)
     heldout = HeldoutKL(model, trajectories, tokenizer.pad_token_id, 4096)
     kl_before = heldout.measure(model)
-    cfg = TrainConfig(learning_rate=1e-2, epochs=8, batch_size=2, warmup_steps=0, checkpoint_every=4)
+    cfg = TrainConfig(learning_rate=1e-2, epochs=8, batch_size=2, warmup_steps=0, checkpoint_every=4, eval_every=4)
     summary = train_adapter(model, trajectories, cfg, tokenizer.pad_token_id, seed=0, run_dir=tmp_path,
                             heldout=heldout, progress=False)
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}

@@ -150,14 +150,14 @@ def test_a_nan_loss_stops_training_keeps_the_last_checkpoint_and_marks_the_run_f
         tiny_model_dir, tmp_path, monkeypatch, capsys):
     import promptbake.train as train
 
-    original, calls = train.masked_sum, [0]
+    original, calls = train._step_loss, [0]
 
     def poisoned(*args, **kwargs):   # from the 5th micro-batch (step 5) on, the summed KL is NaN
         calls[0] += 1
-        kl = original(*args, **kwargs)
-        return kl * float("nan") if calls[0] >= 5 else kl
+        kl, tokens = original(*args, **kwargs)
+        return (kl * float("nan") if calls[0] >= 5 else kl), tokens
 
-    monkeypatch.setattr(train, "masked_sum", poisoned)
+    monkeypatch.setattr(train, "_step_loss", poisoned)
     out = tmp_path / "run"
     assert main(["bake", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), *FLAGS]) == 2
     err = capsys.readouterr().err

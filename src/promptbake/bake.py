@@ -93,9 +93,10 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     would have had, so the trajectories equal an uninterrupted run's. trajectories.jsonl appears only when all are
     sampled.
 
-    Returns ((model, tokenizer, source), teacher), the latter a TeacherCache (full logits, or top-k when
-    train.teacher_top_k) in the order of trajectories.jsonl when `keep_logits` and it fits the teacher cache
-    budget, else None.
+    Returns ((model, tokenizer, source), teacher): with `keep_logits`, teacher maps "train" to a TeacherCache of
+    the training trajectories (top-k when train.teacher_top_k, else full logits) and "heldout" to the held-out
+    trajectories' full logits, each in the order of trajectories.jsonl and only where it fits
+    train.teacher_cache_gb; without, it is empty.
     """
     system_prompt = _check_prompt(system_prompt)
     out = Path(out)
@@ -140,15 +141,19 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
             })
         done = {split: read_sampled(progress_file, split) for split in ("train", "heldout")}
         top_k = config.train.teacher_top_k
-        keep_logits = keep_logits and not any(done.values()) and TeacherCache.fits(
-            model, len(jobs) * config.sample.max_new_tokens, config.train.teacher_cache_gb, top_k)
+        keep_logits = keep_logits and not any(done.values())
+        # the training split's cache is top-k (train.teacher_top_k) or full; the held-out split's is always full
+        keep = {split: keep_logits and TeacherCache.fits(model, len(split_jobs) * config.sample.max_new_tokens,
+                                                         config.train.teacher_cache_gb, k)
+                for split, split_jobs, k in (("train", train_jobs, top_k), ("heldout", heldout_jobs, 0))}
         try:
             start = time.perf_counter()
             # Held-out and training samples come from separate seed streams, so the held-out trajectories depend only
             # on the held-out questions and the seed, not on the training budget: bakes stay comparable.
-            streams, engine = [], None
+            streams, teacher, engine = [], {}, None
             for split, split_jobs, seed in (("train", train_jobs, 2 * config.seed + 1),
                                             ("heldout", heldout_jobs, 2 * config.seed)):
+                split_top_k = top_k if split == "train" else 0
                 if config.sample.sampler == "vllm":
                     from .vllm_sampler import build_engine, sample_with_vllm
 
@@ -156,15 +161,18 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
                     sampled, top = sample_with_vllm(source.folder, tokenizer, split_jobs, config.sample, seed, top_k,
                                                     engine)
                     append_sampled(progress_file, split, list(enumerate(sampled)))
-                    streams.append((sampled, top if keep_logits else None))   # vLLM gives top-k, never full logits
+                    streams.append(sampled)
+                    if keep[split] and split_top_k and top is not None:   # vLLM gives top-k, never full logits
+                        teacher[split] = TeacherCache(top=top)
                     continue
-                streams.append(sample_trajectories(
-                    model, tokenizer, split_jobs, config.sample, seed, progress, keep_logits, f"sampling ({split})",
-                    done[split], lambda batch, split=split: append_sampled(progress_file, split, batch), top_k))
-            (train, train_logits), (heldout, heldout_logits) = streams
+                sampled, kept = sample_trajectories(
+                    model, tokenizer, split_jobs, config.sample, seed, progress, keep[split], f"sampling ({split})",
+                    done[split], lambda batch, split=split: append_sampled(progress_file, split, batch), split_top_k)
+                streams.append(sampled)
+                if kept is not None:
+                    teacher[split] = TeacherCache(top=kept) if split_top_k else TeacherCache(logits=kept)
+            train, heldout = streams
             trajectories = train + heldout
-            kept = train_logits + heldout_logits if train_logits is not None and heldout_logits is not None else None
-            teacher = (TeacherCache(top=kept) if top_k else TeacherCache(logits=kept)) if kept else None
             seconds = time.perf_counter() - start
             write_trajectories(out / runfolder.TRAJECTORIES, trajectories)
             progress_file.unlink(missing_ok=True)
@@ -213,11 +221,12 @@ def _cut_metrics(path: Path, step: int) -> None:
 
 
 def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = False, progress: bool = True,
-              loaded=None, teacher: TeacherCache | None = None, resume: bool = False) -> BakeResult:
+              loaded=None, teacher: dict[str, TeacherCache] | None = None, resume: bool = False) -> BakeResult:
     """Stage 2: train on `out/trajectories.jsonl`, save the adapter, record the held-out KL closure.
 
-    `teacher` (from sample_run) is the teacher's cache for every trajectory; without it the teacher runs once
-    over all trajectories when the cache fits `train.teacher_cache_gb`, else at every training step.
+    `teacher` (from sample_run) holds the teacher's caches of the "train" and "heldout" trajectories; one that is
+    missing is computed: the training one once when it fits `train.teacher_cache_gb` (else the teacher runs at
+    every training step), the held-out one always.
     The held-out KL (the closure metric) is always measured against full-vocabulary teacher logits.
     With `resume`, training continues from the newest complete checkpoint (optimizer, scheduler, data order and
     RNG included) instead of starting over.
@@ -228,9 +237,8 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
         raise UserError(f"{out} already holds a finished bake; pass --overwrite to train it again")
     config = config or load_config(out / runfolder.CONFIG_YAML)
     trajectories = read_trajectories(out / runfolder.TRAJECTORIES)
-    train_idx = [i for i, t in enumerate(trajectories) if t.split == "train"]
-    heldout_idx = [i for i, t in enumerate(trajectories) if t.split == "heldout"]
-    train, heldout = [trajectories[i] for i in train_idx], [trajectories[i] for i in heldout_idx]
+    train = [t for t in trajectories if t.split == "train"]
+    heldout = [t for t in trajectories if t.split == "heldout"]
     if not train or not heldout:
         raise UserError(f"{out}/{runfolder.TRAJECTORIES} needs both train and held-out trajectories "
                         f"(has {len(train)} train, {len(heldout)} held-out); sample again")
@@ -246,12 +254,11 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
             pad_id = tokenizer.pad_token_id
             start = time.perf_counter()
             budget = config.train.micro_batch_tokens
-            tokens = sum(len(t.completion_ids) for t in trajectories)
+            tokens = sum(len(t.completion_ids) for t in train)
             top_k = config.train.teacher_top_k
-            if teacher is None and TeacherCache.fits(model, tokens, config.train.teacher_cache_gb, top_k):
-                teacher = TeacherCache.compute(model, trajectories, pad_id, budget, top_k)
-            train_cache = teacher.subset(train_idx) if teacher else None
-            heldout_cache = teacher.subset(heldout_idx) if teacher and not teacher.top_k else None
+            train_cache, heldout_cache = (teacher or {}).get("train"), (teacher or {}).get("heldout")
+            if train_cache is None and TeacherCache.fits(model, tokens, config.train.teacher_cache_gb, top_k):
+                train_cache = TeacherCache.compute(model, train, pad_id, budget, top_k)
             heldout_kl = HeldoutKL(model, heldout, pad_id, budget, heldout_cache) if main else None
             summary = train_adapter(model, train, config.train, pad_id, config.seed, out, heldout_kl, progress,
                                     train_cache, resume_from=checkpoint)
@@ -271,8 +278,8 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
             metrics.update({
                 "heldout_kl_before": kl_before, "heldout_kl_after": kl_after, "closure": closure(kl_before, kl_after),
                 "training_seconds": summary["seconds"], "train_and_eval_seconds": total, "steps": summary["steps"],
-                "final_train_loss": summary["final_loss"], "teacher_cached": teacher is not None,
-                "teacher_top_k": teacher.top_k if teacher else None,
+                "final_train_loss": summary["final_loss"], "teacher_cached": train_cache is not None,
+                "teacher_top_k": train_cache.top_k if train_cache else None,
                 "train_trajectories": len(train), "heldout_trajectories": len(heldout),
                 "heldout_tokens": heldout_kl.tokens, "processes": world()[1],
             })

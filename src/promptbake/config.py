@@ -94,14 +94,16 @@ class TrainConfig:
                                     "training runs no teacher pass (0: recompute the teacher every step)", 3.0)
     teacher_top_k: int = _help("cache the teacher as its top-k log-probabilities plus an exact tail bucket (0: "
                                "full-vocabulary logits); the loss stays a true KL, memory is ~12·k bytes a token", 256)
-    checkpoint_every: int = _help("save checkpoints/step-N and evaluate held-out KL every N steps (0 = off)", 8)
+    checkpoint_every: int = _help("save checkpoints/step-N every N steps (0 = off)", 8)
+    eval_every: int = _help("measure the held-out KL every N steps (0: only before and after training; `promptbake "
+                            "strength` measures every checkpoint)", 0)
 
     def problems(self) -> list[str]:
         out = []
         for name in ("lora_r", "epochs", "batch_size", "micro_batch_tokens"):
             if getattr(self, name) < 1:
                 out.append(f"train.{name} must be >= 1 (got {show(getattr(self, name))})")
-        for name in ("warmup_steps", "checkpoint_every", "teacher_cache_gb", "teacher_top_k"):
+        for name in ("warmup_steps", "checkpoint_every", "eval_every", "teacher_cache_gb", "teacher_top_k"):
             if getattr(self, name) < 0:
                 out.append(f"train.{name} must be >= 0 (got {show(getattr(self, name))})")
         if self.learning_rate <= 0:

@@ -148,9 +148,9 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
                       "grad_norm": float(grad_norm), "tokens": seen, "tokens_per_s": seen / seconds}
             if main and cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == total_steps):
                 save_checkpoint(model, optimizer, scheduler, step, run_dir / runfolder.CHECKPOINTS / f"step-{step}")
-                if heldout is not None:
-                    record["heldout_kl"] = heldout.measure(model)
-                    curve.append({"step": step, "heldout_kl": record["heldout_kl"]})
+            if main and heldout is not None and (step == total_steps or cfg.eval_every and step % cfg.eval_every == 0):
+                record["heldout_kl"] = heldout.measure(model)
+                curve.append({"step": step, "heldout_kl": record["heldout_kl"]})
                 model.train()
             if main:
                 runfolder.append_jsonl(metrics_path, record)
