@@ -97,3 +97,20 @@ def test_monotonicity_names_where_a_curve_falls():
         point("final", 3, 2.0, 0.3, 6), point("step-1", 1, 1.0, 0.5, 2), point("step-2", 2, 1.0, 0.4, 2)]}
     assert monotonicity(sweep) == {"strength": {"closure": ["1→2"], "judges": ["0.5→1"]},
                                    "step": {"closure": ["1→2"], "judges": []}}
+
+
+def test_side_by_side_in_one_mixed_batch_equals_each_condition_alone(tiny_bake):
+    """side_by_side decodes base, base + prompt and baked rows together (peft's per-row adapter_names): greedy,
+    every row must be what that condition gives alone."""
+    from promptbake.baked import load_baked
+
+    baked = load_baked(tiny_bake, strength=4.0)   # amplified, so adapter on and off answer differently
+    questions = ["Where do you live?", "What is 7 times 8?", "Name a colour."]
+    rows = baked.side_by_side(questions, temperature=0, max_new_tokens=8)
+    alone = {"base": baked.generate(questions, adapter=False, temperature=0, max_new_tokens=8),
+             "base_with_prompt": baked.generate(questions, adapter=False, reprompt=True, temperature=0,
+                                                max_new_tokens=8),
+             "baked": baked.generate(questions, temperature=0, max_new_tokens=8)}
+    assert alone["base"] != alone["baked"]
+    for key, replies in alone.items():
+        assert [row[key] for row in rows] == replies

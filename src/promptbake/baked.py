@@ -91,19 +91,29 @@ class BakedModel:
         Conversations are batched by prompt length, `sample_batch_size` of the bake's config at a time; batch k is
         seeded from (seed, k), so the same call gives the same replies.
         """
-        system_prompt = self.system_prompt if reprompt else None
-        prompts = [prompt_ids(self.tokenizer, messages, system_prompt) for messages in conversations]
+        n = len(conversations)
+        return self._respond(conversations, [reprompt] * n, [adapter] * n, temperature, max_new_tokens, seed)
+
+    def _respond(self, conversations: list[list[dict]], reprompt: list[bool], adapter: list[bool],
+                 temperature: float | None, max_new_tokens: int | None, seed: int) -> list[str]:
+        """respond, with the system prompt and the adapter chosen per conversation: where both adapter states
+        occur, each batch mixes them (peft's per-row `adapter_names`), so one decoding loop serves all rows."""
+        prompts = [prompt_ids(self.tokenizer, messages, self.system_prompt if system else None)
+                   for messages, system in zip(conversations, reprompt)]
         gen = generation_config(self._sample_config(temperature, max_new_tokens), self.stop_ids,
                                 self.tokenizer.pad_token_id)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         size = self.config.sample.sample_batch_size
+        mixed = len(set(adapter)) > 1
         replies: list[str] = [""] * len(prompts)
-        with adapter_disabled(self.model) if not adapter else contextlib.nullcontext():
+        with adapter_disabled(self.model) if not any(adapter) else contextlib.nullcontext():
             for number, start in enumerate(range(0, len(order), size)):
                 batch = order[start:start + size]
+                names = [self.model.active_adapter if adapter[i] else "__base__" for i in batch]
                 torch.manual_seed(seed * 100_003 + number)
                 outputs, _ = generate_batch(self.model, [prompts[i] for i in batch], gen,
-                                            self.tokenizer.pad_token_id, self.stop_ids)
+                                            self.tokenizer.pad_token_id, self.stop_ids,
+                                            model_kwargs={"adapter_names": names} if mixed else None)
                 for i, (ids, _) in zip(batch, outputs):
                     replies[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return replies
@@ -119,10 +129,13 @@ class BakedModel:
         return self.respond([messages], reprompt, **kwargs)[0]
 
     def side_by_side(self, questions: list[str], seed: int = 0, **kwargs) -> list[dict]:
-        """For each question: the base model without / with the prompt, and the baked model without it."""
-        base = self.generate(questions, adapter=False, seed=seed, **kwargs)
-        prompted = self.generate(questions, adapter=False, reprompt=True, seed=seed, **kwargs)
-        baked = self.generate(questions, seed=seed, **kwargs)
+        """For each question: the base model without / with the prompt, and the baked model without it (one decoding
+        loop for the three: `sample_batch_size` rows at a time, mixing adapter on and off)."""
+        n = len(questions)
+        replies = self._respond([[{"role": "user", "content": q}] for q in questions] * 3,
+                                [False] * n + [True] * n + [False] * n, [False] * 2 * n + [True] * n,
+                                kwargs.get("temperature"), kwargs.get("max_new_tokens"), seed)
+        base, prompted, baked = replies[:n], replies[n:2 * n], replies[2 * n:]
         return [{"question": q, "base": a, "base_with_prompt": b, "baked": c}
                 for q, a, b, c in zip(questions, base, prompted, baked)]
 

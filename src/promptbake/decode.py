@@ -112,7 +112,7 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
 @torch.no_grad()
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, max_new_tokens: int,
            temperature: float, top_p: float, stop_ids: list[int], pad_id: int, on_step=None,
-           keep_top: int = 0) -> torch.Tensor:
+           keep_top: int = 0, model_kwargs: dict | None = None) -> torch.Tensor:
     """Generate up to `max_new_tokens` after `input_ids` [B, L] (left-padded, or laid out around a cached prefix).
 
     Args:
@@ -120,13 +120,14 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, 
         cache: a transformers Cache holding the first `cache.get_seq_length()` positions (roomy_cache), or None.
         on_step: called with each step's raw logits [B, V] (before temperature and top_p), the distribution that
             step's token is drawn from (the teacher's, for the cache), and its `topk(keep_top)` (None if 0).
+        model_kwargs: passed to every forward call.
     Returns:
         the new tokens [B, T] (pad after a row's stop token).
     """
     cached = cache.get_seq_length() if cache is not None else 0
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids[:, cached:], attention_mask=attention_mask, position_ids=positions[:, cached:],
-                cache=cache, use_cache=True, logits_to_keep=1)
+                cache=cache, use_cache=True, logits_to_keep=1, **(model_kwargs or {}))
     cache, logits = out.cache, out.logits[:, -1]
     stop = torch.tensor(stop_ids)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
@@ -147,6 +148,6 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, 
             break
         position = position + 1
         out = model(input_ids=token[:, None], attention_mask=mask[:, :attention_mask.shape[1] + len(tokens)],
-                    position_ids=position, cache=cache, use_cache=True)
+                    position_ids=position, cache=cache, use_cache=True, **(model_kwargs or {}))
         cache, logits = out.cache, out.logits[:, -1]
     return torch.stack(tokens, dim=1)
