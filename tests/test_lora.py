@@ -125,3 +125,31 @@ def test_learning_rate_warms_up_then_holds_or_decays():
     cosine = [_lr_factor(s, 2, 10, "cosine") for s in range(10)]
     assert cosine[:3] == [0.5, 1.0, 1.0] and cosine[-1] < 0.05
     assert all(a >= b for a, b in zip(cosine[1:], cosine[2:]))
+
+
+def test_lora_on_a_layer_range_trains_only_those_layers_and_saves_them(tiny, tiny_model_dir, tmp_path):
+    """--lora-layers 1-1: adapters only in decoder layer 1 (of 0-1); the saved adapter reloads with that range."""
+    from peft import PeftModel
+
+    from promptbake.train import add_lora, save_adapter
+
+    model, _ = tiny
+    peft_model = add_lora(model, TrainConfig(lora_layers="1-1"), seed=0)
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert names and all(".layers.1." in n for n in names)
+    assert {n.split(".layers.1.")[1].split(".lora")[0] for n in names} >= {"self_attn.q_proj", "mlp.down_proj"}
+    save_adapter(peft_model, tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(load_model(str(tiny_model_dir))[0], str(tmp_path / "adapter"))
+    assert sorted(n for n, _ in reloaded.named_parameters() if "lora_" in n) == sorted(
+        n for n, _ in peft_model.named_parameters() if "lora_" in n)
+
+
+@pytest.mark.parametrize("layers, message", [("2-3", r"has 2 decoder layers \(0-1\)"), ("5", "FIRST-LAST"),
+                                             ("3-1", "FIRST-LAST"), ("a-b", "FIRST-LAST")])
+def test_bad_lora_layers_are_refused_with_the_fix(tiny, layers, message):
+    from promptbake.config import BakeConfig
+    from promptbake.errors import UserError
+    from promptbake.train import add_lora
+
+    with pytest.raises(UserError, match=message):
+        add_lora(tiny[0], BakeConfig(train=TrainConfig(lora_layers=layers)).train, seed=0)

@@ -75,12 +75,24 @@ class SampleConfig:
         return out
 
 
+def layer_range(text: str) -> tuple[int, int] | str | None:
+    """'all' → 'all'; 'FIRST-LAST' → (FIRST, LAST); anything else → None."""
+    if str(text).strip() == "all":
+        return "all"
+    first, _, last = str(text).partition("-")
+    if not (first.strip().isdigit() and last.strip().isdigit()) or int(first) > int(last):
+        return None
+    return int(first), int(last)
+
+
 @dataclass
 class TrainConfig:
     lora_r: int = _help("LoRA rank", 8)
     lora_alpha: float = _help("LoRA alpha (scale = alpha / r)", 16.0)
     lora_dropout: float = _help("LoRA dropout", 0.0)
     target_modules: str = _help("modules that get LoRA: 'all-linear' (decoder blocks) or comma-separated names", "all-linear")
+    lora_layers: str = _help("decoder layers that get LoRA: 'all', or 'FIRST-LAST' (0-based, inclusive, e.g. 12-29); "
+                             "the backward pass stops at the lowest one", "all")
     learning_rate: float = _help("AdamW peak learning rate (reached after warm-up)", 2e-3)
     lr_schedule: str = _help("after warm-up: 'constant', or 'cosine' decay to 0 by the last step", "constant")
     warmup_steps: int = _help("linear warm-up steps", 4)
@@ -110,6 +122,9 @@ class TrainConfig:
             out.append(f"train.learning_rate must be > 0 (got {show(self.learning_rate)})")
         if not 0 <= self.lora_dropout < 1:
             out.append(f"train.lora_dropout must be in [0, 1) (got {show(self.lora_dropout)})")
+        if layer_range(self.lora_layers) is None:
+            out.append(f"train.lora_layers must be 'all' or FIRST-LAST with 0 <= FIRST <= LAST, e.g. 12-29 "
+                       f"(got {show(self.lora_layers)})")
         if self.lr_schedule not in ("constant", "cosine"):
             out.append(f"train.lr_schedule must be constant or cosine (got {show(self.lr_schedule)})")
         if self.kl_direction not in ("forward", "reverse", "jsd"):

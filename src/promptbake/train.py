@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from . import runfolder
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, layer_range
 from .data import Trajectory, collate, micro_batches
 from .distributed import is_main, sum_gradients, sum_scalar, world
 from .errors import UserError
@@ -25,13 +25,29 @@ def add_lora(model, cfg: TrainConfig, seed: int):
     """Wrap `model` in a fresh LoRA adapter (B = 0, so it starts as the base model); seeded A init."""
     targets = cfg.target_modules if cfg.target_modules == "all-linear" else [
         name.strip() for name in cfg.target_modules.split(",") if name.strip()]
+    layers = layer_range(cfg.lora_layers)
+    if layers != "all":
+        count = model.config.num_hidden_layers
+        if layers[1] >= count:
+            raise UserError(f"--lora-layers {cfg.lora_layers} asks for layer {layers[1]}, but the model has {count} "
+                            f"decoder layers (0-{count - 1})")
+        if targets == "all-linear":   # peft takes a layer subset only with named modules
+            targets = _decoder_linear_names(model)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+                      target_modules=targets, task_type="CAUSAL_LM",
+                      layers_to_transform=None if layers == "all" else list(range(layers[0], layers[1] + 1)))
     torch.manual_seed(seed)
     try:
         return get_peft_model(model, lora)
     except ValueError as exc:
         raise UserError(f"cannot add LoRA with target_modules={cfg.target_modules!r}: {exc}") from None
+
+
+def _decoder_linear_names(model) -> list[str]:
+    """Names of the linear layers other than the LM head (what peft's 'all-linear' picks): q_proj, ..., up_proj."""
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head})
 
 
 def save_adapter(model, folder: Path) -> None:
