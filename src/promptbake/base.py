@@ -7,6 +7,7 @@ from . import runfolder
 from .config import BakeConfig, config_from_dict
 from .errors import UserError
 from .models import load_model
+from .precision import place
 
 
 def previous_bake(on: str) -> tuple[Path, BakeConfig]:
@@ -23,7 +24,9 @@ def load_base(config: BakeConfig):
     so the new adapter trains on top of a model that already holds the earlier prompts.
     """
     if not config.model.on:
-        return load_model(config.model.name, config.model.allow_download, config.model.trust_remote_code)
+        model, tokenizer, source = load_model(config.model.name, config.model.allow_download,
+                                              config.model.trust_remote_code)
+        return place(model, config.model.device, config.model.precision), tokenizer, source
     from peft import PeftModel
 
     run, previous = previous_bake(config.model.on)
@@ -32,4 +35,4 @@ def load_base(config: BakeConfig):
                         f"bake on top of it with --model {previous.model.name}")
     model, tokenizer, source = load_base(previous)
     merged = PeftModel.from_pretrained(model, str(run / runfolder.ADAPTER), use_safetensors=True).merge_and_unload()
-    return merged, tokenizer, source
+    return place(merged, config.model.device, config.model.precision), tokenizer, source

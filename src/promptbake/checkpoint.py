@@ -30,7 +30,7 @@ def save_checkpoint(model, optimizer, scheduler, step: int, folder: Path) -> Non
     for index, values in state["state"].items():
         meta["state"][str(index)] = sorted(values)
         for key, value in values.items():
-            tensors[f"state.{index}.{key}"] = value.detach().clone().contiguous()
+            tensors[f"state.{index}.{key}"] = value.detach().cpu().clone().contiguous()
     meta["scheduler"].pop("lr_lambdas", None)   # functions: rebuilt from the config, not stored
 
     def write(tmp: Path) -> None:

@@ -56,6 +56,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         default=None, help="run model code shipped with the checkpoint")
     parser.add_argument("--on", dest="model.on", default=None, metavar="DIR",
                         help="bake on top of a finished bake (its adapter is merged into the base first)")
+    parser.add_argument("--device", dest="model.device", default=None,
+                        help="where the model runs: auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--precision", dest="model.precision", default=None, choices=("auto", "float32", "bf16"),
+                        help="auto: bf16 autocast on CUDA, float32 on CPU")
     parser.add_argument("--seed", dest="seed", type=int, default=None, help="seed for split, sampling, training")
     parser.add_argument("--config", type=Path, default=None, help="YAML config; flags override it")
 

@@ -41,9 +41,20 @@ class ModelConfig:
     allow_download: bool = _help("let a Hugging Face id be downloaded (off: offline, local cache only)", False)
     trust_remote_code: bool = _help("run model code shipped with the checkpoint (only for models you trust)", False)
     on: str = _help("sequential baking: a finished run folder whose adapter is merged into the base first", "")
+    device: str = _help("where the model runs: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'",
+                        "auto")
+    precision: str = _help("'auto' (bf16 autocast on CUDA, float32 on CPU), 'float32', or 'bf16' (autocast; slow on "
+                           "CPUs without bf16 units)", "auto")
 
     def problems(self) -> list[str]:
-        return [] if self.name.strip() else ["model.name is empty: give a model id, folder, .gguf file or smollm2-135m"]
+        from .precision import DEVICES, PRECISIONS, valid_device
+
+        out = [] if self.name.strip() else ["model.name is empty: give a model id, folder, .gguf file or smollm2-135m"]
+        if not valid_device(self.device):
+            out.append(f"model.device must be {DEVICES} (got {show(self.device)})")
+        if self.precision not in PRECISIONS:
+            out.append(f"model.precision must be one of {', '.join(PRECISIONS)} (got {show(self.precision)})")
+        return out
 
 
 @dataclass

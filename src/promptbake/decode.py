@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from .precision import autocast, device_of
+
 TOP_P_CANDIDATES = 1024
 
 
@@ -60,7 +62,8 @@ def roomy_cache(model, prefix: list[int], rows: int, room: int) -> Cache:
     layers = model.config.num_hidden_layers
     if not prefix:
         return Cache(layers=[RoomyLayer(room) for _ in range(layers)])
-    once = model(input_ids=torch.tensor([prefix]), use_cache=True).cache
+    with autocast(model):
+        once = model(input_ids=torch.tensor([prefix], device=device_of(model)), use_cache=True).cache
     return Cache(layers=[RoomyLayer.from_prefix(layer.keys, layer.values, rows, room) for layer in once.layers])
 
 
@@ -99,7 +102,7 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
         top = logits.float().topk(k, dim=-1)                     # sorted, most likely first; same order at any T > 0
     log_z = torch.logsumexp(scaled, dim=-1, keepdim=True)
     top_probs, top_ids = torch.exp(top.values[:, :k] / temperature - log_z), top.indices[:, :k]
-    out = torch.empty(scaled.shape[0], dtype=torch.long)
+    out = torch.empty(scaled.shape[0], dtype=torch.long, device=scaled.device)
     wide = top_probs.sum(-1) < top_p                              # nucleus reaches past the candidates
     if (~wide).any():
         out[~wide] = _nucleus_draw(top_probs[~wide], top_ids[~wide], top_p)
@@ -124,20 +127,27 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, 
     Returns:
         the new tokens [B, T] (pad after a row's stop token).
     """
+    with autocast(model):
+        return _decode(model, input_ids.to(device_of(model)), attention_mask.to(device_of(model)), cache,
+                       max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step, keep_top, model_kwargs or {})
+
+
+def _decode(model, input_ids, attention_mask, cache, max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step,
+            keep_top, model_kwargs) -> torch.Tensor:
     cached = cache.get_seq_length() if cache is not None else 0
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids[:, cached:], attention_mask=attention_mask, position_ids=positions[:, cached:],
-                cache=cache, use_cache=True, logits_to_keep=1, **(model_kwargs or {}))
-    cache, logits = out.cache, out.logits[:, -1]
-    stop = torch.tensor(stop_ids)
-    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+                cache=cache, use_cache=True, logits_to_keep=1, **model_kwargs)
+    cache, logits = out.cache, out.logits[:, -1].float()
+    stop = torch.tensor(stop_ids, device=input_ids.device)
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     position = positions[:, -1:]
     mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], max_new_tokens)], dim=-1)
     sampling = temperature > 0 and top_p < 1.0
     width = min(max(keep_top, TOP_P_CANDIDATES if sampling else 0), logits.shape[-1])
     tokens = []
     for _ in range(max_new_tokens):
-        top = logits.float().topk(width, dim=-1) if width else None
+        top = logits.topk(width, dim=-1) if width else None
         if on_step:
             on_step(logits, top)
         token = torch.where(finished, torch.full_like(finished, pad_id, dtype=torch.long),
@@ -148,6 +158,6 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, 
             break
         position = position + 1
         out = model(input_ids=token[:, None], attention_mask=mask[:, :attention_mask.shape[1] + len(tokens)],
-                    position_ids=position, cache=cache, use_cache=True, **(model_kwargs or {}))
-        cache, logits = out.cache, out.logits[:, -1]
+                    position_ids=position, cache=cache, use_cache=True, **model_kwargs)
+        cache, logits = out.cache, out.logits[:, -1].float()
     return torch.stack(tokens, dim=1)

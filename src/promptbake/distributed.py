@@ -2,7 +2,8 @@
 
 Outside `accelerate launch` (no WORLD_SIZE > 1 in the environment) every function here is a no-op for one process,
 and torch.distributed is never initialised. Under it, accelerate's PartialState sets up the process group. Training
-runs on the CPU for now (models are not placed on a GPU), so the backend is gloo; NCCL comes with CUDA placement.
+reduces over gloo on the CPU (a GPU's gradients make the round trip: LoRA's are small); each process places its
+model on its own device (precision.resolve_device: cuda:LOCAL_RANK when CUDA is there).
 Each process holds the whole model: this is data parallelism, not FSDP or DeepSpeed sharding, and an accelerate
 config that asks for those is refused rather than silently ignored.
 
@@ -52,7 +53,10 @@ def sum_gradients(params: list[torch.Tensor]) -> None:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
+    device = flat.device
+    flat = flat.cpu()                       # the gloo process group reduces CPU tensors
     torch.distributed.all_reduce(flat)
+    flat = flat.to(device)
     offset = 0
     for p, g in zip(params, grads):
         p.grad = flat[offset:offset + g.numel()].view_as(g).clone()

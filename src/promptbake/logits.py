@@ -8,6 +8,7 @@ import torch
 
 from .data import collate, micro_batches
 from .losses import per_token_kl, per_token_kl_topk
+from .precision import autocast, device_of
 
 
 def adapter_disabled(model):
@@ -15,27 +16,34 @@ def adapter_disabled(model):
     return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
 
 
+def on_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
 def completion_logits(model, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
     """Logits at the C positions that predict completion tokens: [B, C, V] (see data.collate for alignment).
 
     A shared prompt prefix (`{side}_prefix_ids`) runs once, batch size 1, and its keys and values are repeated for
     every row; gradients flow back through that cache into the prefix, so training sees the same function.
+    Runs on the model's device, in its precision (precision.autocast).
     """
+    batch = on_device(batch, device_of(model))
     width_c = batch["completion_mask"].shape[1]
     prefix = batch.get(f"{side}_prefix_ids")
     cache = None
-    if prefix is not None:
-        cache = model(input_ids=prefix, use_cache=True).cache
-        cache.batch_repeat_interleave(batch[f"{side}_input_ids"].shape[0])
-    out = model(
-        input_ids=batch[f"{side}_input_ids"],
-        attention_mask=batch[f"{side}_attention_mask"],
-        position_ids=batch[f"{side}_position_ids"],
-        logits_to_keep=width_c,  # the LM head runs on completion positions only
-        cache=cache,
-        use_cache=cache is not None,
-    )
-    return out.logits
+    with autocast(model):
+        if prefix is not None:
+            cache = model(input_ids=prefix, use_cache=True).cache
+            cache.batch_repeat_interleave(batch[f"{side}_input_ids"].shape[0])
+        out = model(
+            input_ids=batch[f"{side}_input_ids"],
+            attention_mask=batch[f"{side}_attention_mask"],
+            position_ids=batch[f"{side}_position_ids"],
+            logits_to_keep=width_c,  # the LM head runs on completion positions only
+            cache=cache,
+            use_cache=cache is not None,
+        )
+    return out.logits.float()
 
 
 PLAIN_HEAD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # model → whether plain_head holds
@@ -64,15 +72,17 @@ def plain_head(model):
 def completion_hidden(model, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
     """The decoder's last hidden states at the real completion positions of `batch`: [N, H], rows in (sequence,
     position) order. With plain_head, the LM head can then run on exactly these N rows (no padding)."""
+    batch = on_device(batch, device_of(model))
     width_c = batch["completion_mask"].shape[1]
     prefix = batch.get(f"{side}_prefix_ids")
     decoder, cache = _decoder(model), None
-    if prefix is not None:
-        cache = decoder(input_ids=prefix, use_cache=True).cache
-        cache.batch_repeat_interleave(batch[f"{side}_input_ids"].shape[0])
-    hidden = decoder(input_ids=batch[f"{side}_input_ids"], attention_mask=batch[f"{side}_attention_mask"],
-                     position_ids=batch[f"{side}_position_ids"], cache=cache,
-                     use_cache=cache is not None).last_hidden_state
+    with autocast(model):
+        if prefix is not None:
+            cache = decoder(input_ids=prefix, use_cache=True).cache
+            cache.batch_repeat_interleave(batch[f"{side}_input_ids"].shape[0])
+        hidden = decoder(input_ids=batch[f"{side}_input_ids"], attention_mask=batch[f"{side}_attention_mask"],
+                         position_ids=batch[f"{side}_position_ids"], cache=cache,
+                         use_cache=cache is not None).last_hidden_state
     return hidden[:, -width_c:][batch["completion_mask"].bool()]
 
 
@@ -133,7 +143,8 @@ class TeacherCache:
             full = teacher_logits(model, batch)                                  # [B, C, V]
             for row, i in enumerate(group):
                 rows = full[row, : len(trajectories[i].completion_ids)]
-                kept[i] = top_k_log_probs(rows, min(top_k, rows.shape[-1])) if top_k else rows.clone()
+                kept[i] = (tuple(x.cpu() for x in top_k_log_probs(rows, min(top_k, rows.shape[-1]))) if top_k
+                           else rows.cpu().clone())
         return cls(top=kept) if top_k else cls(logits=kept)
 
     def subset(self, indices: list[int]) -> "TeacherCache":
@@ -153,11 +164,11 @@ class TeacherCache:
 
     def per_token_kl(self, indices: list[int], student_logits: torch.Tensor, direction: str) -> torch.Tensor:
         """Divergence of the student ([B, C, V]) from the cached teacher of `indices` at every position: [B, C]."""
-        width_c = student_logits.shape[1]
+        width_c, device = student_logits.shape[1], student_logits.device
         if self.top is None:
-            return per_token_kl(self.batch(indices, width_c), student_logits, direction)
-        ids = _stack([self.top[i][0] for i in indices], width_c)                # [B, C, k]; padding → token 0
-        log_probs = _stack([self.top[i][1] for i in indices], width_c)          # padding rows are masked later
+            return per_token_kl(self.batch(indices, width_c).to(device), student_logits, direction)
+        ids = _stack([self.top[i][0] for i in indices], width_c).to(device)     # [B, C, k]; padding → token 0
+        log_probs = _stack([self.top[i][1] for i in indices], width_c).to(device)   # padding rows: masked later
         return per_token_kl_topk(ids, log_probs, student_logits, direction)
 
 

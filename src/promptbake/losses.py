@@ -100,6 +100,12 @@ class _HeadKLTopK(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, teacher_ids, teacher_log_probs, chunk):
+        with torch.autocast(device_type=hidden.device.type, enabled=False):   # float32, even inside bf16 autocast
+            return _HeadKLTopK._forward(ctx, hidden, weight.float(), None if bias is None else bias.float(),
+                                        teacher_ids, teacher_log_probs, chunk)
+
+    @staticmethod
+    def _forward(ctx, hidden, weight, bias, teacher_ids, teacher_log_probs, chunk):
         want_grad = ctx.needs_input_grad[0]
         kl = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if want_grad else None
@@ -107,7 +113,7 @@ class _HeadKLTopK(torch.autograd.Function):
         log_t_tail = _log1mexp(torch.logsumexp(log_t, dim=-1)).clamp(min=TAIL_FLOOR)           # [N]
         for start in range(0, hidden.shape[0], chunk):
             rows = slice(start, start + chunk)
-            logits = torch.nn.functional.linear(hidden[rows], weight, bias).float()             # [n, V]
+            logits = torch.nn.functional.linear(hidden[rows].float(), weight, bias)             # [n, V]
             ids = teacher_ids[rows]
             log_s_top = logits.gather(-1, ids)
             log_z = torch.logsumexp(logits, dim=-1, keepdim=True)
@@ -121,7 +127,7 @@ class _HeadKLTopK(torch.autograd.Function):
             if want_grad:
                 probs.mul_((1 - t_tail / s_tail.clamp(min=1e-30))[:, None])
                 probs.scatter_(-1, ids, log_s_top.exp() - t)
-                grad_hidden[rows] = (probs @ weight.float()).to(hidden.dtype)
+                grad_hidden[rows] = (probs @ weight).to(hidden.dtype)
         ctx.save_for_backward(grad_hidden)
         return kl
 

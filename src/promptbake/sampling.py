@@ -64,8 +64,9 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
 
     def keep(logits, top):   # the step's top-k log-probabilities (from the sampler's own topk), or its logits
         if not top_k:
-            return steps.append(logits)
-        steps.append((top.indices[:, :top_k], top.values[:, :top_k] - torch.logsumexp(logits.float(), -1, keepdim=True)))
+            return steps.append(logits.cpu())
+        log_z = torch.logsumexp(logits, -1, keepdim=True)
+        steps.append((top.indices[:, :top_k].cpu(), (top.values[:, :top_k] - log_z).cpu()))
 
     tokens = decode(model, input_ids, attention_mask, cache, gen_config.max_new_tokens, temperature,
                     gen_config.top_p or 1.0, stop_ids, pad_id, keep if keep_logits else None,

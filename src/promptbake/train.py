@@ -71,8 +71,9 @@ def _step_loss(model, train: list[Trajectory], group: list[int], pad_id: int, di
     batch = collate([train[i] for i in group], pad_id)
     head = plain_head(model) if cache is not None and cache.top_k and direction == "forward" else None
     if head is not None:                                          # LM head and KL fused, on real positions only
-        kl_sum = head_kl_topk(completion_hidden(model, batch, "student"), head.weight, head.bias,
-                              *cache.rows(group)).sum()
+        hidden = completion_hidden(model, batch, "student")
+        ids, log_probs = (x.to(hidden.device) for x in cache.rows(group))
+        kl_sum = head_kl_topk(hidden, head.weight, head.bias, ids, log_probs).sum()
         (kl_sum / step_tokens).backward()
         return float(kl_sum.detach()), int(batch["student_attention_mask"].sum())
     student = completion_logits(model, batch, "student")        # [B, C, V]
@@ -80,7 +81,7 @@ def _step_loss(model, train: list[Trajectory], group: list[int], pad_id: int, di
         kl = cache.per_token_kl(group, student, direction)
     else:                                                         # the model itself, adapter off, no graph
         kl = per_token_kl(teacher_logits(model, batch), student, direction)
-    kl_sum = masked_sum(kl, batch["completion_mask"])
+    kl_sum = masked_sum(kl, batch["completion_mask"].to(kl.device))
     (kl_sum / step_tokens).backward()
     return float(kl_sum.detach()), int(batch["student_attention_mask"].sum())
 

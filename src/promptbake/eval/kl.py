@@ -43,10 +43,11 @@ class HeldoutKL:
         for batch, teacher in zip(self.batches, self.teacher):
             with adapter_disabled(model) if not adapter else contextlib.nullcontext():
                 logits = completion_logits(model, batch, side)
-            mask = batch["completion_mask"]
-            kl = torch.where(mask.bool(), per_token_kl(teacher, logits, "forward"), torch.zeros(()))   # [B, C]
-            sums[: mask.shape[1]] += kl.sum(0).double()
-            counts[: mask.shape[1]] += mask.sum(0).double()
+            mask = batch["completion_mask"].to(logits.device)
+            kl = torch.where(mask.bool(), per_token_kl(teacher.to(logits.device), logits, "forward"),
+                             torch.zeros((), device=logits.device))                                   # [B, C]
+            sums[: mask.shape[1]] += kl.sum(0).double().cpu()
+            counts[: mask.shape[1]] += mask.sum(0).double().cpu()
         model.train(was_training)
         return sums, counts
 
