@@ -20,29 +20,26 @@ def on_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {key: value.to(device) for key, value in batch.items()}
 
 
+def _forward(module, batch: dict[str, torch.Tensor], side: str, **kwargs):
+    """`module` (the model, or its decoder) over one side of `batch`, the shared prefix run once (batch size 1) and
+    its keys and values repeated for every row; gradients flow back through that cache into the prefix."""
+    prefix = batch.get(f"{side}_prefix_ids")
+    cache = None
+    if prefix is not None:
+        cache = module(input_ids=prefix, use_cache=True).cache
+        cache.batch_repeat_interleave(batch[f"{side}_input_ids"].shape[0])
+    return module(input_ids=batch[f"{side}_input_ids"], attention_mask=batch[f"{side}_attention_mask"],
+                  position_ids=batch[f"{side}_position_ids"], cache=cache, use_cache=cache is not None, **kwargs)
+
+
 def completion_logits(model, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
     """Logits at the C positions that predict completion tokens: [B, C, V] (see data.collate for alignment).
 
-    A shared prompt prefix (`{side}_prefix_ids`) runs once, batch size 1, and its keys and values are repeated for
-    every row; gradients flow back through that cache into the prefix, so training sees the same function.
-    Runs on the model's device, in its precision (precision.autocast).
+    Runs on the model's device, in its precision (precision.autocast); a shared prompt prefix runs once.
     """
     batch = on_device(batch, device_of(model))
-    width_c = batch["completion_mask"].shape[1]
-    prefix = batch.get(f"{side}_prefix_ids")
-    cache = None
-    with autocast(model):
-        if prefix is not None:
-            cache = model(input_ids=prefix, use_cache=True).cache
-            cache.batch_repeat_interleave(batch[f"{side}_input_ids"].shape[0])
-        out = model(
-            input_ids=batch[f"{side}_input_ids"],
-            attention_mask=batch[f"{side}_attention_mask"],
-            position_ids=batch[f"{side}_position_ids"],
-            logits_to_keep=width_c,  # the LM head runs on completion positions only
-            cache=cache,
-            use_cache=cache is not None,
-        )
+    with autocast(model):   # the LM head runs on completion positions only
+        out = _forward(model, batch, side, logits_to_keep=batch["completion_mask"].shape[1])
     return out.logits.float()
 
 
@@ -73,17 +70,9 @@ def completion_hidden(model, batch: dict[str, torch.Tensor], side: str) -> torch
     """The decoder's last hidden states at the real completion positions of `batch`: [N, H], rows in (sequence,
     position) order. With plain_head, the LM head can then run on exactly these N rows (no padding)."""
     batch = on_device(batch, device_of(model))
-    width_c = batch["completion_mask"].shape[1]
-    prefix = batch.get(f"{side}_prefix_ids")
-    decoder, cache = _decoder(model), None
     with autocast(model):
-        if prefix is not None:
-            cache = decoder(input_ids=prefix, use_cache=True).cache
-            cache.batch_repeat_interleave(batch[f"{side}_input_ids"].shape[0])
-        hidden = decoder(input_ids=batch[f"{side}_input_ids"], attention_mask=batch[f"{side}_attention_mask"],
-                         position_ids=batch[f"{side}_position_ids"], cache=cache,
-                         use_cache=cache is not None).last_hidden_state
-    return hidden[:, -width_c:][batch["completion_mask"].bool()]
+        hidden = _forward(_decoder(model), batch, side).last_hidden_state
+    return hidden[:, -batch["completion_mask"].shape[1]:][batch["completion_mask"].bool()]
 
 
 @torch.no_grad()
