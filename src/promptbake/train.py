@@ -74,14 +74,13 @@ def _step_loss(model, train: list[Trajectory], group: list[int], pad_id: int, di
         hidden = completion_hidden(model, batch, "student")
         ids, log_probs = (x.to(hidden.device) for x in cache.rows(group))
         kl_sum = head_kl_topk(hidden, head.weight, head.bias, ids, log_probs).sum()
-        (kl_sum / step_tokens).backward()
-        return float(kl_sum.detach()), int(batch["student_attention_mask"].sum())
-    student = completion_logits(model, batch, "student")        # [B, C, V]
-    if cache is not None:                                         # full logits or top-k + tail, computed once
-        kl = cache.per_token_kl(group, student, direction)
-    else:                                                         # the model itself, adapter off, no graph
-        kl = per_token_kl(teacher_logits(model, batch), student, direction)
-    kl_sum = masked_sum(kl, batch["completion_mask"].to(kl.device))
+    else:
+        student = completion_logits(model, batch, "student")    # [B, C, V]
+        if cache is not None:                                     # full logits or top-k + tail, computed once
+            kl = cache.per_token_kl(group, student, direction)
+        else:                                                     # the model itself, adapter off, no graph
+            kl = per_token_kl(teacher_logits(model, batch), student, direction)
+        kl_sum = masked_sum(kl, batch["completion_mask"].to(kl.device))
     (kl_sum / step_tokens).backward()
     return float(kl_sum.detach()), int(batch["student_attention_mask"].sum())
 
