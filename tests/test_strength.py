@@ -100,8 +100,8 @@ def test_monotonicity_names_where_a_curve_falls():
 
 
 def test_side_by_side_in_one_mixed_batch_equals_each_condition_alone(tiny_bake):
-    """side_by_side decodes base, base + prompt and baked rows together (peft's per-row adapter_names): greedy,
-    every row must be what that condition gives alone."""
+    """side_by_side decodes base, base + prompt and baked rows together (baked.per_row_adapter): greedy, every row
+    must be what that condition gives alone, and the adapter's scale is back to a plain number afterwards."""
     from promptbake.baked import load_baked
 
     baked = load_baked(tiny_bake, strength=4.0)   # amplified, so adapter on and off answer differently
@@ -114,3 +114,7 @@ def test_side_by_side_in_one_mixed_batch_equals_each_condition_alone(tiny_bake):
     assert alone["base"] != alone["baked"]
     for key, replies in alone.items():
         assert [row[key] for row in rows] == replies
+    from peft.tuners.lora import LoraLayer
+
+    scales = {m.scaling["default"] for m in baked.model.modules() if isinstance(m, LoraLayer)}
+    assert scales == {4.0 * 16 / 8}

@@ -115,7 +115,7 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
 @torch.no_grad()
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, max_new_tokens: int,
            temperature: float, top_p: float, stop_ids: list[int], pad_id: int, on_step=None,
-           keep_top: int = 0, model_kwargs: dict | None = None) -> torch.Tensor:
+           keep_top: int = 0) -> torch.Tensor:
     """Generate up to `max_new_tokens` after `input_ids` [B, L] (left-padded, or laid out around a cached prefix).
 
     Args:
@@ -123,21 +123,20 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, 
         cache: a transformers Cache holding the first `cache.get_seq_length()` positions (roomy_cache), or None.
         on_step: called with each step's raw logits [B, V] (before temperature and top_p), the distribution that
             step's token is drawn from (the teacher's, for the cache), and its `topk(keep_top)` (None if 0).
-        model_kwargs: passed to every forward call.
     Returns:
         the new tokens [B, T] (pad after a row's stop token).
     """
     with autocast(model):
         return _decode(model, input_ids.to(device_of(model)), attention_mask.to(device_of(model)), cache,
-                       max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step, keep_top, model_kwargs or {})
+                       max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step, keep_top)
 
 
 def _decode(model, input_ids, attention_mask, cache, max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step,
-            keep_top, model_kwargs) -> torch.Tensor:
+            keep_top) -> torch.Tensor:
     cached = cache.get_seq_length() if cache is not None else 0
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids[:, cached:], attention_mask=attention_mask, position_ids=positions[:, cached:],
-                cache=cache, use_cache=True, logits_to_keep=1, **model_kwargs)
+                cache=cache, use_cache=True, logits_to_keep=1)
     cache, logits = out.cache, out.logits[:, -1].float()
     stop = torch.tensor(stop_ids, device=input_ids.device)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -158,6 +157,6 @@ def _decode(model, input_ids, attention_mask, cache, max_new_tokens, temperature
             break
         position = position + 1
         out = model(input_ids=token[:, None], attention_mask=mask[:, :attention_mask.shape[1] + len(tokens)],
-                    position_ids=position, cache=cache, use_cache=True, **model_kwargs)
+                    position_ids=position, cache=cache, use_cache=True)
         cache, logits = out.cache, out.logits[:, -1].float()
     return torch.stack(tokens, dim=1)

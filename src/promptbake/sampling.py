@@ -39,7 +39,7 @@ def cut_at_stop(ids: list[int], stop_ids: list[int]) -> tuple[list[int], bool]:
 
 @torch.no_grad()
 def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig, pad_id: int,
-                   stop_ids: list[int], keep_logits: bool = False, top_k: int = 0, model_kwargs: dict | None = None):
+                   stop_ids: list[int], keep_logits: bool = False, top_k: int = 0, share_prefix: bool = True):
     """Generate one continuation per prompt (token-id lists).
 
     Teacher prompts share a long prefix (chat template + system prompt: 54 of 72 tokens for the example persona on
@@ -50,10 +50,10 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
     Returns (results, logits): results holds (ids, finished) per prompt; logits (None unless `keep_logits`) holds the
     raw logits [n_i, V] that predicted each kept token: the model's own next-token distribution, before temperature
     or top_p touch it. With `top_k` > 0 each step is reduced at once to its top-k (ids, log-probs), so a batch's
-    full-vocabulary logits are never held (B × V floats at a time instead of B × T × V). `model_kwargs` go to
-    every forward call (e.g. peft's per-row `adapter_names`; a batch that mixes adapters shares no prefix).
+    full-vocabulary logits are never held (B × V floats at a time instead of B × T × V). `share_prefix=False`
+    computes every row's prompt in full: for rows whose weights differ (baked.per_row_adapter).
     """
-    shared = shared_prefix_length(prompts) if not model_kwargs else 0
+    shared = shared_prefix_length(prompts) if share_prefix else 0
     own = [p[shared:] for p in prompts]
     width = max(len(p) for p in own)
     input_ids = torch.tensor([prompts[0][:shared] + [pad_id] * (width - len(p)) + p for p in own])
@@ -70,7 +70,7 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
 
     tokens = decode(model, input_ids, attention_mask, cache, gen_config.max_new_tokens, temperature,
                     gen_config.top_p or 1.0, stop_ids, pad_id, keep if keep_logits else None,
-                    top_k if keep_logits else 0, model_kwargs)
+                    top_k if keep_logits else 0)
     results = [cut_at_stop(row.tolist(), stop_ids) for row in tokens]
     if not keep_logits:
         return results, None
