@@ -109,8 +109,8 @@ def test_cached_teacher_trains_the_same_adapter_as_a_teacher_pass_per_step(tiny_
         trajectories = make_trajectories(tokenizer)
         cache = TeacherCache.compute(model, trajectories, tokenizer.pad_token_id, 50) if cached else None
         cfg = TrainConfig(epochs=2, batch_size=2, checkpoint_every=0, micro_batch_tokens=200)
-        summary = train_adapter(model, trajectories, cfg, tokenizer.pad_token_id, seed=1, run_dir=tmp_path / str(cached),
-                                progress=False, cache=cache)
+        train_adapter(model, trajectories, cfg, tokenizer.pad_token_id, seed=1, run_dir=tmp_path / str(cached),
+                      progress=False, cache=cache)
         losses = [json.loads(line)["loss"] for line in (tmp_path / str(cached) / "metrics.jsonl").read_text().splitlines()]
         results.append((losses, {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}))
     (losses_a, weights_a), (losses_b, weights_b) = results

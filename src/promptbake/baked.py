@@ -10,6 +10,7 @@ from . import runfolder
 from .config import SampleConfig, check_strength, config_from_dict
 from .errors import UserError
 from .logits import adapter_disabled
+from .lora_fused import fuse_lora
 from .base import load_base
 from .precision import device_of
 from .prompts import prompt_ids, stop_token_ids
@@ -66,8 +67,8 @@ class BakedModel:
         self.system_prompt = self.record["system_prompt"]
         base, self.tokenizer, self.source = load_base(self.config)
         # The final adapter is peft's "default"; a checkpoint keeps its own name, so use_checkpoint can add the rest.
-        self.model = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=checkpoint or "default",
-                                               use_safetensors=True)
+        self.model = fuse_lora(PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=checkpoint or "default",
+                                                         use_safetensors=True))
         self.model.eval()
         self.stop_ids = stop_token_ids(self.tokenizer, base.generation_config)
         self.checkpoint = checkpoint

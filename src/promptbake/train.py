@@ -18,6 +18,7 @@ from .distributed import is_main, sum_gradients, sum_scalar, world
 from .errors import UserError
 from .eval.kl import HeldoutKL
 from .logits import TeacherCache, completion_hidden, completion_logits, plain_head, teacher_logits
+from .lora_fused import fuse_lora
 from .losses import head_kl_topk, masked_sum, per_token_kl
 
 
@@ -38,7 +39,7 @@ def add_lora(model, cfg: TrainConfig, seed: int):
                       layers_to_transform=None if layers == "all" else list(range(layers[0], layers[1] + 1)))
     torch.manual_seed(seed)
     try:
-        return get_peft_model(model, lora)
+        return fuse_lora(get_peft_model(model, lora))
     except ValueError as exc:
         raise UserError(f"cannot add LoRA with target_modules={cfg.target_modules!r}: {exc}") from None
 
