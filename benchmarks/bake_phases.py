@@ -35,7 +35,9 @@ kl_module = importlib.import_module("promptbake.eval.kl")
 logits_module = importlib.import_module("promptbake.logits")
 
 PERSONA = Path(__file__).resolve().parent.parent / "examples" / "persona.txt"
+sampling_module = importlib.import_module("promptbake.sampling")
 SHARED_PREFIX = hasattr(data_module, "shared_prefix_length")   # this benchmark also times older code
+ONE_STREAM = hasattr(sampling_module, "batches_of")
 SECONDS: dict[str, float] = defaultdict(float)
 CALLS: dict[str, int] = defaultdict(int)
 TEACHER_TOKENS: list[int] = []   # teacher tokens of each TeacherCache.compute call (training cache, held-out)
@@ -85,18 +87,28 @@ def _matmul_weights(model_name: str) -> int:
     return sum(m.weight.numel() for m in model.modules() if m.__class__.__name__ == "Linear")
 
 
+def _sampling_batches(trajectories, batch_size: int) -> list[list]:
+    """The sampler's batches: one length-sorted stream of both splits in even batches (older code: each split in
+    batches of exactly batch_size)."""
+    if ONE_STREAM:
+        jobs = sorted(trajectories, key=lambda t: len(t.teacher_prompt_ids))
+        return [[jobs[i] for i in batch] for batch in sampling_module.batches_of(list(range(len(jobs))), batch_size)]
+    out = []
+    for split in ("train", "heldout"):
+        jobs = sorted((t for t in trajectories if t.split == split), key=lambda t: len(t.teacher_prompt_ids))
+        out += [jobs[start:start + batch_size] for start in range(0, len(jobs), batch_size)]
+    return out
+
+
 def _sampling_tokens(trajectories, batch_size: int) -> int:
     """Tokens the sampler computes: prefill (shared prefix once per batch where it is shared) + decode steps."""
     total = 0
-    for split in ("train", "heldout"):
-        jobs = sorted((t for t in trajectories if t.split == split), key=lambda t: len(t.teacher_prompt_ids))
-        for start in range(0, len(jobs), batch_size):
-            batch = jobs[start:start + batch_size]
-            prompts = [t.teacher_prompt_ids for t in batch]
-            shared = data_module.shared_prefix_length(prompts) if SHARED_PREFIX else 0
-            width = max(len(p) - shared for p in prompts)
-            steps = max(len(t.completion_ids) for t in batch)
-            total += shared + len(batch) * (width + steps)
+    for batch in _sampling_batches(trajectories, batch_size):
+        prompts = [t.teacher_prompt_ids for t in batch]
+        shared = data_module.shared_prefix_length(prompts) if SHARED_PREFIX else 0
+        width = max(len(p) - shared for p in prompts)
+        steps = max(len(t.completion_ids) for t in batch)
+        total += shared + len(batch) * (width + steps)
     return total
 
 

@@ -44,7 +44,7 @@ def compare(model_name: str = "smollm2-135m", trajectories: int = 32) -> dict:
     # both paths use the default sampling settings; only the batch size differs
 
     (batched, kept), t_batched = _timed(
-        lambda: sample_trajectories(model, tokenizer, jobs, config.sample, 0, False, keep_logits=True))
+        lambda: sample_trajectories(model, tokenizer, jobs, config.sample, 0, False, keep={"train": 0}))
     naive_cfg = type(config.sample)(**{**vars(config.sample), "sample_batch_size": 1})
     (naive, _), t_naive = _timed(lambda: sample_trajectories(model, tokenizer, jobs, naive_cfg, 0, False))
     tokens_b = sum(len(t.completion_ids) for t in batched)

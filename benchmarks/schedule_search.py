@@ -41,12 +41,12 @@ def pool(folder: Path, config: BakeConfig, per: int):
     file = folder / "pool.jsonl"
     if not file.is_file():
         prompt = PERSONA.read_text(encoding="utf-8").strip()
-        train, train_top = sample_trajectories(model, tokenizer, build_jobs(tokenizer, prompt, train_q, "train", per),
-                                               config.sample, 2 * config.seed + 1, keep_logits=True, top_k=256)
-        held, held_full = sample_trajectories(
-            model, tokenizer, build_jobs(tokenizer, prompt, heldout_q, "heldout",
-                                         config.sample.heldout_trajectories_per_question),
-            config.sample, 2 * config.seed, keep_logits=True)
+        jobs = (build_jobs(tokenizer, prompt, train_q, "train", per)
+                + build_jobs(tokenizer, prompt, heldout_q, "heldout", config.sample.heldout_trajectories_per_question))
+        sampled, kept = sample_trajectories(model, tokenizer, jobs, config.sample, config.seed,
+                                            keep={"train": 256, "heldout": 0})
+        count = len(train_q) * per
+        train, held, train_top, held_full = sampled[:count], sampled[count:], kept[:count], kept[count:]
         write_trajectories(file, train + held)
         torch.save({"train": train_top, "heldout": held_full}, folder / "teacher.pt")
     trajectories = read_trajectories(file)

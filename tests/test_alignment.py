@@ -67,7 +67,7 @@ def test_logits_kept_from_sampling_equal_a_teacher_forward_pass(tiny):
     jobs = [{k: getattr(t, k) for k in ("question", "split", "sample_index", "teacher_prompt_ids",
                                          "student_prompt_ids")} for t in make_trajectories(tokenizer)]
     cfg = SampleConfig(max_new_tokens=7, sample_batch_size=3)
-    trajectories, kept = sample_trajectories(model, tokenizer, jobs, cfg, seed=0, progress=False, keep_logits=True)
+    trajectories, kept = sample_trajectories(model, tokenizer, jobs, cfg, seed=0, progress=False, keep={"train": 0})
     assert (trajectories, None) == sample_trajectories(model, tokenizer, jobs, cfg, seed=0, progress=False)
     recomputed = TeacherCache.compute(model, trajectories, tokenizer.pad_token_id, token_budget=10_000).logits
     for trajectory, a, b in zip(trajectories, kept, recomputed):

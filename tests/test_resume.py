@@ -25,7 +25,7 @@ FLAGS = ["--train-questions", "4", "--heldout-questions", "2", "--trajectories-p
 TOLERANCE = 1e-5
 
 # Each scenario: (module, function, call number, what happens at that call, checkpoint the resume starts from).
-# 8 training trajectories in batches of 2: 4 train + 1 held-out sampling batches, 8 steps, checkpoints every 2.
+# 8 training + 2 held-out trajectories sampled in 5 batches of 2, then 8 steps of 2 (2 epochs), checkpoints every 2.
 SCENARIOS = {
     "between sampling batches": ("promptbake.bake", "append_sampled", 3, "kill", None),
     "mid-write of a sampled batch": ("promptbake.bake", "append_sampled", 3, "torn", None),
@@ -44,7 +44,7 @@ def wrapper(*args, **kwargs):
     calls[0] += 1
     if calls[0] == {when}:
         if {action!r} == "torn":   # half of the batch's bytes reach the disk, then the power goes
-            path, split, batch = args
+            path, batch = args
             import json, dataclasses
             text = "".join(json.dumps({{"job": i, **dataclasses.asdict(t)}}) + "\\n" for i, t in batch)
             with open(path, "a") as handle:

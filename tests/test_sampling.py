@@ -23,13 +23,14 @@ def test_shared_prefix_sampling_matches_full_prompts(tiny, monkeypatch):
     stop = stop_token_ids(tokenizer, model.generation_config)
     greedy = sampling.generation_config(SampleConfig(sampling_temperature=0, max_new_tokens=10), stop,
                                         tokenizer.pad_token_id)
-    shared, shared_logits = sampling.generate_batch(model, prompts, greedy, tokenizer.pad_token_id, stop, True)
+    full_kept = [0] * len(prompts)
+    shared, shared_logits = sampling.generate_batch(model, prompts, greedy, tokenizer.pad_token_id, stop, full_kept)
     monkeypatch.setattr(data, "MIN_SHARED_PREFIX", 10**9)          # the plain left-padded path
-    full, full_logits = sampling.generate_batch(model, prompts, greedy, tokenizer.pad_token_id, stop, True)
+    full, full_logits = sampling.generate_batch(model, prompts, greedy, tokenizer.pad_token_id, stop, full_kept)
     assert shared == full
     for a, b in zip(shared_logits, full_logits):
         assert torch.allclose(a, b, atol=1e-4)
-    alone, alone_logits = sampling.generate_batch(model, prompts[-1:], greedy, tokenizer.pad_token_id, stop, True)
+    alone, alone_logits = sampling.generate_batch(model, prompts[-1:], greedy, tokenizer.pad_token_id, stop, [0])
     assert alone[0] == full[-1] and torch.allclose(alone_logits[0], full_logits[-1], atol=1e-4)
 
 
@@ -78,14 +79,55 @@ def test_top_k_kept_during_sampling_equals_top_k_of_the_full_logits(tiny):
     prompts = [teacher_prompt_ids(tokenizer, q, PERSONA) for q in QUESTIONS]
     stop = stop_token_ids(tokenizer, model.generation_config)
     gen = sampling.generation_config(SampleConfig(max_new_tokens=8), stop, tokenizer.pad_token_id)
-    torch.manual_seed(3)
-    full_out, full = sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, True)
-    torch.manual_seed(3)
-    top_out, top = sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, True, top_k=16)
-    assert top_out == full_out
+    seeds = list(range(10, 10 + len(prompts)))
+    n = len(prompts)
+    full_out, full = sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, [0] * n, seeds)
+    top_out, top = sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, [16] * n, seeds)
+    mixed = [0, 16, None] * n
+    mixed_out, kept = sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, mixed[:n], seeds)
+    assert top_out == full_out == mixed_out            # keeping logits does not change what is sampled
     for logits, (ids, log_probs) in zip(full, top):
         want_ids, want_log_probs = top_k_log_probs(logits, 16)
         assert torch.equal(ids, want_ids) and torch.allclose(log_probs, want_log_probs)
+    for row, what in enumerate(mixed[:n]):           # each row kept as asked
+        if what == 0:
+            assert torch.equal(kept[row], full[row])
+        elif what == 16:
+            assert all(torch.equal(a, b) for a, b in zip(kept[row], top[row]))
+        else:
+            assert kept[row] is None
+
+
+def test_a_trajectory_depends_on_its_own_seed_not_on_its_batch(tiny):
+    model, tokenizer = tiny
+    prompts = [teacher_prompt_ids(tokenizer, q, PERSONA) for q in QUESTIONS]
+    stop = stop_token_ids(tokenizer, model.generation_config)
+    gen = sampling.generation_config(SampleConfig(max_new_tokens=8), stop, tokenizer.pad_token_id)
+    seeds = list(range(20, 20 + len(prompts)))
+    together, _ = sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, seeds=seeds)
+    torch.manual_seed(123)   # the global RNG plays no part
+    alone = [sampling.generate_batch(model, [p], gen, tokenizer.pad_token_id, stop, seeds=[s])[0][0]
+             for p, s in zip(prompts, seeds)]
+    assert together == alone
+    other, _ = sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, seeds=[s + 1 for s in seeds])
+    assert other != together
+
+
+def test_batches_are_as_even_as_the_size_allows():
+    assert [len(b) for b in sampling.batches_of(list(range(224)), 96)] == [75, 74, 75]
+    assert [len(b) for b in sampling.batches_of(list(range(224)), 256)] == [224]
+    assert sampling.batches_of(list(range(5)), 2) == [[0, 1], [2], [3, 4]]
+    assert sampling.batches_of([], 4) == [[]]
+
+
+def test_a_uniform_picks_its_token_by_the_inverse_cdf():
+    from promptbake.decode import next_tokens
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    pick = [int(next_tokens(logits, 1.0, 0.9, uniforms=torch.tensor([u]))) for u in (0.0, 0.52, 0.53, 0.99, 1 - 1e-7)]
+    assert pick == [0, 0, 1, 2, 2]     # 0.9 keeps the first three (0.5 + 0.3 < 0.9): cdf 0.5, 0.8, 0.95 of 0.95
+    pick = [int(next_tokens(logits, 1.0, 1.0, uniforms=torch.tensor([u]))) for u in (0.79, 0.81, 0.96)]
+    assert pick == [1, 2, 3]
 
 
 def test_roomy_cache_gives_the_logits_of_a_growing_cache_and_refuses_to_overflow(tiny):

@@ -139,38 +139,40 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
                 "questions": {"source": config.sample.questions, "train": train_q, "heldout": heldout_q},
                 "versions": _versions(),
             })
-        done = {split: read_sampled(progress_file, split) for split in ("train", "heldout")}
+        done = read_sampled(progress_file)   # by index into jobs (training jobs first)
         top_k = config.train.teacher_top_k
-        keep_logits = keep_logits and not any(done.values())
         # the training split's cache is top-k (train.teacher_top_k) or full; the held-out split's is always full
-        keep = {split: keep_logits and TeacherCache.fits(model, len(split_jobs) * config.sample.max_new_tokens,
-                                                         config.train.teacher_cache_gb, k)
-                for split, split_jobs, k in (("train", train_jobs, top_k), ("heldout", heldout_jobs, 0))}
+        keep = {split: k for split, split_jobs, k in (("train", train_jobs, top_k), ("heldout", heldout_jobs, 0))
+                if keep_logits and not done and TeacherCache.fits(model, len(split_jobs) * config.sample.max_new_tokens,
+                                                                  config.train.teacher_cache_gb, k)}
         try:
             start = time.perf_counter()
-            # Held-out and training samples come from separate seed streams, so the held-out trajectories depend only
-            # on the held-out questions and the seed, not on the training budget: bakes stay comparable.
-            streams, teacher, engine = [], {}, None
-            for split, split_jobs, seed in (("train", train_jobs, 2 * config.seed + 1),
-                                            ("heldout", heldout_jobs, 2 * config.seed)):
-                split_top_k = top_k if split == "train" else 0
-                if config.sample.sampler == "vllm":
-                    from .vllm_sampler import build_engine, sample_with_vllm
+            teacher = {}
+            if config.sample.sampler == "vllm":
+                from .vllm_sampler import build_engine, sample_with_vllm
 
-                    engine = engine or build_engine(source.folder, config.seed, top_k)
+                streams, engine = [], build_engine(source.folder, config.seed, top_k)
+                for split, split_jobs, seed, offset in (("train", train_jobs, 2 * config.seed + 1, 0),
+                                                        ("heldout", heldout_jobs, 2 * config.seed, len(train_jobs))):
                     sampled, top = sample_with_vllm(source.folder, tokenizer, split_jobs, config.sample, seed, top_k,
                                                     engine)
-                    append_sampled(progress_file, split, list(enumerate(sampled)))
+                    append_sampled(progress_file, [(offset + i, t) for i, t in enumerate(sampled)])
                     streams.append(sampled)
-                    if keep[split] and split_top_k and top is not None:   # vLLM gives top-k, never full logits
+                    if keep.get(split) and top is not None:   # vLLM gives top-k, never full logits
                         teacher[split] = TeacherCache(top=top)
-                    continue
-                sampled, kept = sample_trajectories(
-                    model, tokenizer, split_jobs, config.sample, seed, progress, keep[split], f"sampling ({split})",
-                    done[split], lambda batch, split=split: append_sampled(progress_file, split, batch), split_top_k)
-                streams.append(sampled)
-                if kept is not None:
-                    teacher[split] = TeacherCache(top=kept) if split_top_k else TeacherCache(logits=kept)
+            else:
+                # Both splits in one stream of batches (fuller batches); every trajectory has its own random stream,
+                # so the held-out trajectories depend only on the held-out questions and the seed, not on the
+                # training budget: bakes stay comparable.
+                sampled, kept = sample_trajectories(model, tokenizer, jobs, config.sample, config.seed, progress,
+                                                    keep, "sampling", done,
+                                                    lambda batch: append_sampled(progress_file, batch))
+                streams = [sampled[:len(train_jobs)], sampled[len(train_jobs):]]
+                if "train" in keep:
+                    part = kept[:len(train_jobs)]
+                    teacher["train"] = TeacherCache(top=part) if top_k else TeacherCache(logits=part)
+                if "heldout" in keep:
+                    teacher["heldout"] = TeacherCache(logits=kept[len(train_jobs):])
             train, heldout = streams
             trajectories = train + heldout
             seconds = time.perf_counter() - start
@@ -183,7 +185,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
         _update_status(out, status="running", stage="sampled", metrics={
             "sampling_seconds": seconds, "sampled_tokens": new_tokens, "sampling_tokens_per_s": new_tokens / seconds,
             "unfinished_trajectories": sum(not t.finished for t in trajectories),
-            "resumed_sampling_batches": bool(any(done.values()))})
+            "resumed_sampling_batches": bool(done)})
         return (model, tokenizer, source), teacher
 
 

@@ -14,7 +14,7 @@ from .lora_fused import fuse_lora
 from .base import load_base
 from .precision import device_of
 from .prompts import prompt_ids, stop_token_ids
-from .sampling import generate_batch, generation_config
+from .sampling import batches_of, generate_batch, generation_config, stream_seed
 
 
 @contextlib.contextmanager
@@ -118,8 +118,9 @@ class BakedModel:
                 temperature: float | None = None, max_new_tokens: int | None = None, seed: int = 0) -> list[str]:
         """One reply per conversation (lists of user/assistant messages).
 
-        Conversations are batched by prompt length, `sample_batch_size` of the bake's config at a time; batch k is
-        seeded from (seed, k), so the same call gives the same replies.
+        Conversations are batched by prompt length, at most `sample_batch_size` of the bake's config at a time; the
+        reply to conversation i is drawn from its own random stream, seeded from (seed, i), so the same call gives
+        the same replies.
         """
         n = len(conversations)
         return self._respond(conversations, [reprompt] * n, [adapter] * n, temperature, max_new_tokens, seed)
@@ -133,16 +134,15 @@ class BakedModel:
         gen = generation_config(self._sample_config(temperature, max_new_tokens), self.stop_ids,
                                 self.tokenizer.pad_token_id)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        size = self.config.sample.sample_batch_size
         mixed = len(set(adapter)) > 1
         replies: list[str] = [""] * len(prompts)
         with adapter_disabled(self.model) if not any(adapter) else contextlib.nullcontext():
-            for number, start in enumerate(range(0, len(order), size)):
-                batch = order[start:start + size]
-                torch.manual_seed(seed * 100_003 + number)
+            for batch in batches_of(order, self.config.sample.sample_batch_size):
                 with per_row_adapter(self.model, [adapter[i] for i in batch]) if mixed else contextlib.nullcontext():
                     outputs, _ = generate_batch(self.model, [prompts[i] for i in batch], gen,
-                                                self.tokenizer.pad_token_id, self.stop_ids, share_prefix=not mixed)
+                                                self.tokenizer.pad_token_id, self.stop_ids,
+                                                seeds=[stream_seed(seed, "reply", i) for i in batch],
+                                                share_prefix=not mixed)
                 for i, (ids, _) in zip(batch, outputs):
                     replies[i] = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return replies

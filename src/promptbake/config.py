@@ -67,7 +67,7 @@ class SampleConfig:
     sampling_temperature: float = _help("teacher sampling temperature (0 = greedy)", 1.0)
     top_p: float = _help("nucleus sampling threshold (1.0 = full distribution)", 0.9)
     max_new_tokens: int = _help("longest trajectory, in tokens (end-of-turn token included)", 48)
-    sample_batch_size: int = _help("sequences generated together", 96)
+    sample_batch_size: int = _help("most sequences generated together (the jobs are cut into even batches)", 96)
     sampler: str = _help("'hf' (transformers generate, here) or 'vllm' (a vLLM engine: pip install "
                          "'promptbake[vllm]', CUDA; seeds per trajectory, so its samples differ from hf's)", "hf")
 

@@ -35,7 +35,7 @@ def write_trajectories(path: Path, trajectories: list[Trajectory]) -> None:
     atomic_write_text(path, "".join(json.dumps(asdict(t), ensure_ascii=False) + "\n" for t in trajectories))
 
 
-def append_sampled(path: Path, split: str, batch: list[tuple[int, Trajectory]]) -> None:
+def append_sampled(path: Path, batch: list[tuple[int, Trajectory]]) -> None:
     """Append one sampled batch to the progress file of a running bake, as one write, flushed to disk."""
     lines = "".join(json.dumps({"job": i, **asdict(t)}, ensure_ascii=False) + "\n" for i, t in batch)
     with open(path, "a", encoding="utf-8") as handle:
@@ -44,8 +44,8 @@ def append_sampled(path: Path, split: str, batch: list[tuple[int, Trajectory]]) 
         os.fsync(handle.fileno())
 
 
-def read_sampled(path: Path, split: str) -> dict[int, Trajectory]:
-    """The trajectories of `split` in a progress file, by job index; a torn line (a kill mid-write) is skipped."""
+def read_sampled(path: Path) -> dict[int, Trajectory]:
+    """The trajectories in a progress file, by job index; a torn line (a kill mid-write) is skipped."""
     path = Path(path)
     if not path.is_file():
         return {}
@@ -54,8 +54,7 @@ def read_sampled(path: Path, split: str) -> dict[int, Trajectory]:
         try:
             record = json.loads(line)
             job = record.pop("job")
-            if record["split"] == split:
-                done[job] = Trajectory(**record)
+            done[job] = Trajectory(**record)
         except (ValueError, TypeError, KeyError):
             continue   # only the last line of a killed write can be torn; its batch is sampled again
     return done

@@ -67,13 +67,22 @@ def roomy_cache(model, prefix: list[int], rows: int, room: int) -> Cache:
     return Cache(layers=[RoomyLayer.from_prefix(layer.keys, layer.values, rows, room) for layer in once.layers])
 
 
-def _nucleus_draw(probs_sorted: torch.Tensor, ids_sorted: torch.Tensor, top_p: float) -> torch.Tensor:
+def _draw(probs: torch.Tensor, ids: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw from each row's (unnormalised) probabilities [R, K], with one uniform in [0, 1) per row."""
+    cdf = probs.cumsum(-1)
+    target = (uniforms.to(cdf.dtype) * cdf[:, -1])[:, None]
+    choice = torch.searchsorted(cdf, target, right=True)                   # first index whose cdf passes target
+    last = (probs > 0).long().cumsum(-1).argmax(-1, keepdim=True)          # rounding can overshoot: stay on mass
+    return ids.gather(-1, torch.minimum(choice, last)).squeeze(-1)
+
+
+def _nucleus_draw(probs_sorted: torch.Tensor, ids_sorted: torch.Tensor, top_p: float,
+                  uniforms: torch.Tensor) -> torch.Tensor:
     """Draw from the smallest set of most likely tokens whose mass reaches top_p: [R, K] sorted desc → [R]."""
     above = probs_sorted.cumsum(-1) - probs_sorted              # mass of the strictly more likely tokens
     kept = torch.where(above < top_p, probs_sorted, torch.zeros_like(probs_sorted))
     kept[:, 0] = probs_sorted[:, 0]                              # the most likely token always stays
-    choice = torch.multinomial(kept, 1)                          # [R, 1], renormalised by multinomial
-    return ids_sorted.gather(-1, choice).squeeze(-1)
+    return _draw(kept, ids_sorted, uniforms)
 
 
 def nucleus_mask(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -87,16 +96,21 @@ def nucleus_mask(logits: torch.Tensor, temperature: float, top_p: float) -> torc
 
 
 def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                candidates: int = TOP_P_CANDIDATES, top=None) -> torch.Tensor:
+                candidates: int = TOP_P_CANDIDATES, top=None, uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row from raw logits [B, V]: greedy at temperature 0, else top-p sampling → [B].
 
     `top`: `logits.float().topk(n)` when the caller has it already (n ≥ candidates), so it is not computed twice.
+    `uniforms`: one number in [0, 1) per row that decides the row's draw (inverse CDF); default: torch's global RNG.
     """
     if temperature == 0:
         return logits.argmax(-1)
+    if uniforms is None:
+        uniforms = torch.rand(logits.shape[0])
+    uniforms = uniforms.to(logits.device)
     scaled = logits.float() / temperature
     if top_p >= 1.0:
-        return torch.multinomial(torch.softmax(scaled, dim=-1), 1).squeeze(-1)
+        probs = torch.softmax(scaled, dim=-1)
+        return _draw(probs, torch.arange(probs.shape[-1], device=probs.device).expand_as(probs), uniforms)
     k = min(candidates, scaled.shape[-1])
     if top is None or top.values.shape[-1] < k:
         top = logits.float().topk(k, dim=-1)                     # sorted, most likely first; same order at any T > 0
@@ -105,17 +119,17 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
     out = torch.empty(scaled.shape[0], dtype=torch.long, device=scaled.device)
     wide = top_probs.sum(-1) < top_p                              # nucleus reaches past the candidates
     if (~wide).any():
-        out[~wide] = _nucleus_draw(top_probs[~wide], top_ids[~wide], top_p)
+        out[~wide] = _nucleus_draw(top_probs[~wide], top_ids[~wide], top_p, uniforms[~wide])
     if wide.any():
         sorted_probs, sorted_ids = torch.softmax(scaled[wide], dim=-1).sort(dim=-1, descending=True)
-        out[wide] = _nucleus_draw(sorted_probs, sorted_ids, top_p)
+        out[wide] = _nucleus_draw(sorted_probs, sorted_ids, top_p, uniforms[wide])
     return out
 
 
 @torch.no_grad()
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, max_new_tokens: int,
            temperature: float, top_p: float, stop_ids: list[int], pad_id: int, on_step=None,
-           keep_top: int = 0) -> torch.Tensor:
+           keep_top: int = 0, generators: list[torch.Generator] | None = None) -> torch.Tensor:
     """Generate up to `max_new_tokens` after `input_ids` [B, L] (left-padded, or laid out around a cached prefix).
 
     Args:
@@ -123,16 +137,18 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, 
         cache: a transformers Cache holding the first `cache.get_seq_length()` positions (roomy_cache), or None.
         on_step: called with each step's raw logits [B, V] (before temperature and top_p), the distribution that
             step's token is drawn from (the teacher's, for the cache), and its `topk(keep_top)` (None if 0).
+        generators: one CPU generator per row, each giving its row one uniform per step: a row's tokens then depend
+            on its own seed and logits only, not on the other rows of the batch. None: torch's global RNG.
     Returns:
         the new tokens [B, T] (pad after a row's stop token).
     """
     with autocast(model):
         return _decode(model, input_ids.to(device_of(model)), attention_mask.to(device_of(model)), cache,
-                       max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step, keep_top)
+                       max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step, keep_top, generators)
 
 
 def _decode(model, input_ids, attention_mask, cache, max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step,
-            keep_top) -> torch.Tensor:
+            keep_top, generators) -> torch.Tensor:
     cached = cache.get_seq_length() if cache is not None else 0
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids[:, cached:], attention_mask=attention_mask, position_ids=positions[:, cached:],
@@ -149,8 +165,9 @@ def _decode(model, input_ids, attention_mask, cache, max_new_tokens, temperature
         top = logits.topk(width, dim=-1) if width else None
         if on_step:
             on_step(logits, top)
+        uniforms = torch.cat([torch.rand(1, generator=g) for g in generators]) if generators else None
         token = torch.where(finished, torch.full_like(finished, pad_id, dtype=torch.long),
-                            next_tokens(logits, temperature, top_p, top=top))
+                            next_tokens(logits, temperature, top_p, top=top, uniforms=uniforms))
         tokens.append(token)
         finished |= torch.isin(token, stop)
         if finished.all() or len(tokens) == max_new_tokens:
