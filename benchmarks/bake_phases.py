@@ -40,7 +40,12 @@ SHARED_PREFIX = hasattr(data_module, "shared_prefix_length")   # this benchmark 
 ONE_STREAM = hasattr(sampling_module, "batches_of")
 SECONDS: dict[str, float] = defaultdict(float)
 CALLS: dict[str, int] = defaultdict(int)
+PEAK_GB: dict[str, float] = defaultdict(float)   # the process's peak RSS when each phase last ended
 TEACHER_TOKENS: list[int] = []   # teacher tokens of each TeacherCache.compute call (training cache, held-out)
+
+
+def _peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux → GiB
 
 
 def _timed(owner, name: str, phase: str, inside: str | None = None) -> None:
@@ -55,6 +60,7 @@ def _timed(owner, name: str, phase: str, inside: str | None = None) -> None:
             spent = time.perf_counter() - start
             SECONDS[phase] += spent
             CALLS[phase] += 1
+            PEAK_GB[phase] = max(PEAK_GB[phase], _peak_gb())
             if inside:
                 SECONDS[inside] -= spent
 
@@ -123,7 +129,7 @@ def main() -> None:
     start = time.perf_counter()
     assert cli.main(["bake", "--prompt-file", str(PERSONA), "--out", str(out), "--quiet"]) == 0
     wall = time.perf_counter() - start
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak_gb = _peak_gb()
 
     record = json.loads((out / "bake.json").read_text())
     trajectories = read_trajectories(out / "trajectories.jsonl")
@@ -143,7 +149,7 @@ def main() -> None:
     rows = {}
     for phase in ("load", "sampling", "teacher pass", "training", "evaluation", "side-by-side"):
         seconds = SECONDS[phase]
-        row = {"seconds": round(seconds, 1)}
+        row = {"seconds": round(seconds, 1), **({"peak_rss_gb": round(PEAK_GB[phase], 2)} if phase in PEAK_GB else {})}
         if phase in tokens and seconds > 0:
             gflop = flops_per_token[phase] * weights * tokens[phase] / 1e9
             row.update(tokens=tokens[phase], tokens_per_s=round(tokens[phase] / seconds),
@@ -155,10 +161,10 @@ def main() -> None:
               "matmul_weights": weights, "phases": rows, "run": str(out)}
     print(f"default bake: {result['wall_seconds']} s wall, closure {result['closure']:.3f}, peak RSS "
           f"{result['peak_rss_gb']} GB")
-    print(f"{'phase':<24}{'seconds':>9}{'tokens':>9}{'tok/s':>8}{'GFLOP':>8}{'GFLOP/s':>9}")
+    print(f"{'phase':<24}{'seconds':>9}{'tokens':>9}{'tok/s':>8}{'GFLOP':>8}{'GFLOP/s':>9}{'peak RSS after':>16}")
     for phase, row in rows.items():
         print(f"{phase:<24}{row['seconds']:>9}{row.get('tokens', ''):>9}{row.get('tokens_per_s', ''):>8}"
-              f"{row.get('gflop', ''):>8}{row.get('gflop_per_s', ''):>9}")
+              f"{row.get('gflop', ''):>8}{row.get('gflop_per_s', ''):>9}{row.get('peak_rss_gb', ''):>16}")
     if args.naive:
         import sys
 

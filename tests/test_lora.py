@@ -1,4 +1,5 @@
 """Invariants of the LoRA student and its teacher, on the tiny random model."""
+import contextlib
 import json
 
 import pytest
@@ -64,6 +65,37 @@ def test_save_then_load_gives_identical_logits(tiny, tiny_model_dir, tmp_path):
     loaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter"))
     with torch.no_grad():
         assert torch.equal(completion_logits(loaded, batch, "student"), completion_logits(peft_model, batch, "student"))
+
+
+@pytest.mark.parametrize("head", ["plain", "fallback"])
+@pytest.mark.parametrize("adapter, side", [(True, "student"), (False, "student"), (True, "teacher")])
+def test_heldout_kl_equals_the_mean_per_token_kl_of_whole_batches(tiny, monkeypatch, head, adapter, side):
+    """HeldoutKL works on real tokens only, in chunks, through the LM head where it is plain; it must give the mean
+    per-token KL of the padded [B, C, V] computation at every position."""
+    import promptbake.eval.kl as kl_module
+    from promptbake.logits import adapter_disabled
+    from promptbake.losses import per_token_kl
+
+    model, tokenizer = tiny
+    model = add_lora(model, TrainConfig(), seed=0)
+    _perturb_lora(model, seed=3)
+    trajectories = make_trajectories(tokenizer)
+    if head == "fallback":
+        monkeypatch.setattr(kl_module, "plain_head", lambda m: None)
+    monkeypatch.setattr(kl_module.HeldoutKL, "ROWS", 7)   # chunks that cut through sequences
+    heldout = HeldoutKL(model, trajectories, tokenizer.pad_token_id, 60)   # several micro-batches
+    assert len(heldout.batches) > 1
+    sums, counts = heldout.per_position(model, adapter, side)
+    batch = collate(trajectories, tokenizer.pad_token_id)
+    with torch.no_grad():
+        teacher = teacher_logits(model, batch)
+        with adapter_disabled(model) if not adapter else contextlib.nullcontext():
+            condition = completion_logits(model, batch, side)
+    mask = batch["completion_mask"].double()
+    want = (per_token_kl(teacher, condition).double() * mask).sum(0)
+    torch.testing.assert_close(counts, mask.sum(0))
+    torch.testing.assert_close(sums, want, rtol=1e-4, atol=1e-6)
+    assert heldout.tokens == int(mask.sum()) and float(want.sum()) > 0
 
 
 def test_training_changes_only_lora_parameters_and_lowers_kl(tiny, tmp_path):

@@ -258,11 +258,12 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
             budget = config.train.micro_batch_tokens
             tokens = sum(len(t.completion_ids) for t in train)
             top_k = config.train.teacher_top_k
-            teacher = teacher or {}
-            train_cache, heldout_cache = teacher.get("train"), teacher.get("heldout")
+            teacher = teacher or {}   # emptied as it is used: HeldoutKL keeps its own copy of the held-out cache
+            train_cache, heldout_cache = teacher.pop("train", None), teacher.pop("heldout", None)
             if train_cache is None and TeacherCache.fits(model, tokens, config.train.teacher_cache_gb, top_k):
                 train_cache = TeacherCache.compute(model, train, pad_id, budget, top_k)
             heldout_kl = HeldoutKL(model, heldout, pad_id, budget, heldout_cache) if main else None
+            del heldout_cache
             summary = train_adapter(model, train, config.train, pad_id, config.seed, out, heldout_kl, progress,
                                     train_cache, resume_from=checkpoint)
             if main:

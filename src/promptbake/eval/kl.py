@@ -6,7 +6,7 @@ import contextlib
 import torch
 
 from ..data import Trajectory, collate, micro_batches
-from ..logits import TeacherCache, adapter_disabled, completion_logits
+from ..logits import TeacherCache, adapter_disabled, completion_hidden, completion_logits, plain_head
 from ..losses import per_token_kl
 
 
@@ -18,17 +18,24 @@ def closure(kl_base: float, kl_baked: float) -> float:
 class HeldoutKL:
     """KL(teacher ‖ student-side condition) on fixed trajectories, with the teacher's logits computed once.
 
-    Memory: B × C × V floats for all held-out trajectories (16 questions × 2 samples × 48 tokens × 49k vocab
-    ≈ 300 MB for SmolLM2); that buys a teacher-free measurement at every checkpoint.
+    Memory: V floats per held-out completion token (16 questions × 2 samples × ≤ 48 tokens × 49k vocab ≈ 280 MB for
+    SmolLM2), kept at the real tokens only; that buys a teacher-free measurement at every checkpoint. The condition's
+    logits are computed ROWS tokens at a time (through the LM head on exactly those tokens where the
+    head is plain, logits.plain_head), so no batch × length × vocabulary tensor is built.
     """
+
+    ROWS = 256
 
     def __init__(self, model, trajectories: list[Trajectory], pad_id: int, token_budget: int,
                  teacher: TeacherCache | None = None):
         teacher = teacher or TeacherCache.compute(model, trajectories, pad_id, token_budget)
         groups = micro_batches(trajectories, token_budget)
         self.batches = [collate([trajectories[i] for i in group], pad_id) for group in groups]
-        self.teacher = [teacher.batch(group, b["completion_mask"].shape[1]) for group, b in zip(groups, self.batches)]
-        self.tokens = sum(int(b["completion_mask"].sum()) for b in self.batches)
+        # per group: the teacher's logits at its real completion tokens [N, V], in (sequence, position) order,
+        # and each token's position in its completion [N]
+        self.teacher = [torch.cat([teacher.logits[i] for i in group]).float() for group in groups]
+        self.positions = [b["completion_mask"].cumsum(-1)[b["completion_mask"].bool()] - 1 for b in self.batches]
+        self.tokens = sum(len(p) for p in self.positions)
 
     @torch.no_grad()
     def per_position(self, model, adapter: bool = True, side: str = "student") -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,14 +47,20 @@ class HeldoutKL:
         model.eval()
         width = max(b["completion_mask"].shape[1] for b in self.batches)
         sums, counts = torch.zeros(width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64)
-        for batch, teacher in zip(self.batches, self.teacher):
+        head = plain_head(model)
+        for batch, teacher, positions in zip(self.batches, self.teacher, self.positions):
             with adapter_disabled(model) if not adapter else contextlib.nullcontext():
-                logits = completion_logits(model, batch, side)
-            mask = batch["completion_mask"].to(logits.device)
-            kl = torch.where(mask.bool(), per_token_kl(teacher.to(logits.device), logits, "forward"),
-                             torch.zeros((), device=logits.device))                                   # [B, C]
-            sums[: mask.shape[1]] += kl.sum(0).double().cpu()
-            counts[: mask.shape[1]] += mask.sum(0).double().cpu()
+                if head is not None:
+                    hidden = completion_hidden(model, batch, side)                           # [N, H]
+                else:
+                    logits = completion_logits(model, batch, side)
+                    hidden = logits[batch["completion_mask"].to(logits.device).bool()]      # [N, V]
+            for start in range(0, len(positions), self.ROWS):
+                rows = slice(start, start + self.ROWS)
+                student = hidden[rows] if head is None else head(hidden[rows].to(head.weight.dtype))
+                kl = per_token_kl(teacher[rows].to(student.device), student, "forward")
+                sums.index_add_(0, positions[rows], kl.double().cpu())
+            counts += torch.bincount(positions, minlength=width).double()
         model.train(was_training)
         return sums, counts
 
