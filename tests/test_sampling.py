@@ -72,19 +72,30 @@ def test_greedy_decoding_equals_transformers_generate(tiny):
         assert ids == sampling.cut_at_stop(reference.tolist(), stop)[0]
 
 
-def test_top_k_kept_during_sampling_equals_top_k_of_the_full_logits(tiny):
-    from promptbake.logits import top_k_log_probs
-
+def _sampler(tiny):
+    """(generate, n): generate(rows=None, **kwargs) samples 8 new tokens for the persona prompts of QUESTIONS (or
+    the rows listed) with sampling.generate_batch; n is the number of prompts."""
     model, tokenizer = tiny
     prompts = [teacher_prompt_ids(tokenizer, q, PERSONA) for q in QUESTIONS]
     stop = stop_token_ids(tokenizer, model.generation_config)
     gen = sampling.generation_config(SampleConfig(max_new_tokens=8), stop, tokenizer.pad_token_id)
-    seeds = list(range(10, 10 + len(prompts)))
-    n = len(prompts)
-    full_out, full = sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, [0] * n, seeds)
-    top_out, top = sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, [16] * n, seeds)
+
+    def generate(rows=None, **kwargs):
+        chosen = [prompts[i] for i in rows] if rows is not None else prompts
+        return sampling.generate_batch(model, chosen, gen, tokenizer.pad_token_id, stop, **kwargs)
+
+    return generate, len(prompts)
+
+
+def test_top_k_kept_during_sampling_equals_top_k_of_the_full_logits(tiny):
+    from promptbake.logits import top_k_log_probs
+
+    generate, n = _sampler(tiny)
+    seeds = list(range(10, 10 + n))
+    full_out, full = generate(keep=[0] * n, seeds=seeds)
+    top_out, top = generate(keep=[16] * n, seeds=seeds)
     mixed = [0, 16, None] * n
-    mixed_out, kept = sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, mixed[:n], seeds)
+    mixed_out, kept = generate(keep=mixed[:n], seeds=seeds)
     assert top_out == full_out == mixed_out            # keeping logits does not change what is sampled
     for logits, (ids, log_probs) in zip(full, top):
         want_ids, want_log_probs = top_k_log_probs(logits, 16)
@@ -99,17 +110,13 @@ def test_top_k_kept_during_sampling_equals_top_k_of_the_full_logits(tiny):
 
 
 def test_a_trajectory_depends_on_its_own_seed_not_on_its_batch(tiny):
-    model, tokenizer = tiny
-    prompts = [teacher_prompt_ids(tokenizer, q, PERSONA) for q in QUESTIONS]
-    stop = stop_token_ids(tokenizer, model.generation_config)
-    gen = sampling.generation_config(SampleConfig(max_new_tokens=8), stop, tokenizer.pad_token_id)
-    seeds = list(range(20, 20 + len(prompts)))
-    together, _ = sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, seeds=seeds)
+    generate, n = _sampler(tiny)
+    seeds = list(range(20, 20 + n))
+    together, _ = generate(seeds=seeds)
     torch.manual_seed(123)   # the global RNG plays no part
-    alone = [sampling.generate_batch(model, [p], gen, tokenizer.pad_token_id, stop, seeds=[s])[0][0]
-             for p, s in zip(prompts, seeds)]
+    alone = [generate(rows=[i], seeds=[s])[0][0] for i, s in enumerate(seeds)]
     assert together == alone
-    other, _ = sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, seeds=[s + 1 for s in seeds])
+    other, _ = generate(seeds=[s + 1 for s in seeds])
     assert other != together
 
 
