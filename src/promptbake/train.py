@@ -113,7 +113,9 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / runfolder.METRICS
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # fused: one kernel for all 420 LoRA tensors instead of per-tensor bias-correction scalars (~25 ms a step on CPU)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
