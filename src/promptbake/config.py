@@ -104,12 +104,12 @@ class TrainConfig:
     target_modules: str = _help("modules that get LoRA: 'all-linear' (decoder blocks) or comma-separated names", "all-linear")
     lora_layers: str = _help("decoder layers that get LoRA: 'all', or 'FIRST-LAST' (0-based, inclusive, e.g. 12-29); "
                              "the backward pass stops at the lowest one", "all")
-    learning_rate: float = _help("AdamW peak learning rate (reached after warm-up)", 2e-3)
+    learning_rate: float = _help("AdamW peak learning rate (reached after warm-up)", 1e-3)
     lr_schedule: str = _help("after warm-up: 'constant', or 'cosine' decay to 0 by the last step", "constant")
     warmup_steps: int = _help("linear warm-up steps", 4)
     weight_decay: float = _help("AdamW weight decay", 0.0)
     epochs: int = _help("passes over the training trajectories", 1)
-    batch_size: int = _help("trajectories per optimizer step", 8)
+    batch_size: int = _help("trajectories per optimizer step", 2)
     micro_batch_tokens: int = _help("padded tokens per forward pass (gradient accumulation splits a step)", 3072)
     max_grad_norm: float = _help("gradient clipping norm (0 = off)", 1.0)
     kl_direction: str = _help("'forward' KL(teacher||student), 'reverse' KL(student||teacher), or 'jsd'", "forward")
@@ -117,7 +117,7 @@ class TrainConfig:
                                     "training runs no teacher pass (0: recompute the teacher every step)", 3.0)
     teacher_top_k: int = _help("cache the teacher as its top-k log-probabilities plus an exact tail bucket (0: "
                                "full-vocabulary logits); the loss stays a true KL, memory is ~12·k bytes a token", 256)
-    checkpoint_every: int = _help("save checkpoints/step-N every N steps (0 = off)", 8)
+    checkpoint_every: int = _help("save checkpoints/step-N every N steps (0 = off)", 32)
     eval_every: int = _help("measure the held-out KL every N steps (0: only before and after training; `promptbake "
                             "strength` measures every checkpoint)", 0)
 
