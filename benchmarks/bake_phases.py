@@ -1,9 +1,9 @@
 """Benchmark (not a test): where the time of the default `promptbake bake` goes, phase by phase.
 
-Runs exactly `promptbake bake --prompt-file examples/persona.txt --out TMP --quiet` (the defaults, model load and
-the side-by-side comparison included) in this process, timing each phase by wrapping the library function that
-does it, then reports per phase: wall seconds, tokens, tokens/s, GFLOP and achieved GFLOP/s, plus the peak resident
-memory and the held-out closure.
+Runs exactly `promptbake bake --prompt-file examples/persona.txt --out TMP --quiet` (the defaults, plus any
+--bake-args; model load and the side-by-side comparison included) in this process, timing each phase by wrapping
+the library function that does it, then reports per phase: wall seconds, tokens, tokens/s, GFLOP and achieved
+GFLOP/s, plus the peak resident memory and the held-out closure.
 
 FLOPs are counted as 2·P per token for a forward pass and 4·P per token for a training step (forward plus the
 backward pass through the activations; the frozen base weights get no weight gradients, and LoRA's own weight
@@ -13,6 +13,7 @@ the tokens actually computed: padding included, and for sampling the shared prom
 sampler computes it once.
 
     .venv/bin/python benchmarks/bake_phases.py [--json out.json] [--naive 32]    (also: make bench)
+    .venv/bin/python benchmarks/bake_phases.py --naive 0 --bake-args "--batch-size 8 --learning-rate 2e-3"
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import argparse
 import importlib
 import json
 import resource
+import shlex
 import tempfile
 import time
 from collections import defaultdict
@@ -123,11 +125,14 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the numbers here")
     parser.add_argument("--naive", type=int, default=32, metavar="N",
                         help="then time the naive one-sequence-at-a-time path on N trajectories (0: skip)")
+    parser.add_argument("--bake-args", default="", metavar="FLAGS",
+                        help="more `promptbake bake` flags, in one string (e.g. another schedule to compare)")
     args = parser.parse_args()
     _instrument()
     out = Path(tempfile.mkdtemp(prefix="bake_phases_")) / "run"
     start = time.perf_counter()
-    assert cli.main(["bake", "--prompt-file", str(PERSONA), "--out", str(out), "--quiet"]) == 0
+    assert cli.main(["bake", "--prompt-file", str(PERSONA), "--out", str(out), "--quiet",
+                     *shlex.split(args.bake_args)]) == 0
     wall = time.perf_counter() - start
     peak_gb = _peak_gb()
 
@@ -156,7 +161,7 @@ def main() -> None:
                        gflop=round(gflop), gflop_per_s=round(gflop / seconds, 1))
         rows[phase] = row
     rows["other (writing, setup)"] = {"seconds": round(wall - sum(SECONDS[p] for p in rows if p in SECONDS), 1)}
-    result = {"wall_seconds": round(wall, 1), "peak_rss_gb": round(peak_gb, 2),
+    result = {"bake_args": args.bake_args, "wall_seconds": round(wall, 1), "peak_rss_gb": round(peak_gb, 2),
               "closure": record["metrics"]["closure"], "steps": record["metrics"]["steps"],
               "matmul_weights": weights, "phases": rows, "run": str(out)}
     print(f"default bake: {result['wall_seconds']} s wall, closure {result['closure']:.3f}, peak RSS "

@@ -8,7 +8,8 @@ from promptbake.config import SampleConfig
 from promptbake.prompts import stop_token_ids, teacher_prompt_ids
 
 
-def test_shared_prefix_length_leaves_every_prompt_a_token_of_its_own():
+def test_shared_prefix_length_leaves_every_prompt_a_token_of_its_own(monkeypatch):
+    monkeypatch.setattr(data, "MIN_SAVED_TOKENS", 0)
     head = list(range(100, 110))
     assert data.shared_prefix_length([head + [1, 2], head + [3]]) == 10
     assert data.shared_prefix_length([head, head]) == 9                   # one token of its own each
@@ -16,7 +17,16 @@ def test_shared_prefix_length_leaves_every_prompt_a_token_of_its_own():
     assert data.shared_prefix_length([head + [1]]) == 0                   # a single prompt shares nothing
 
 
+def test_shared_prefix_is_kept_only_when_it_saves_enough_tokens(monkeypatch):
+    monkeypatch.setattr(data, "MIN_SAVED_TOKENS", 96)
+    head = list(range(100, 124))                                          # 24 tokens, like SmolLM2's template
+    assert data.shared_prefix_length([head + [i] for i in range(2)]) == 0  # 24 saved: a second pass costs more
+    assert data.shared_prefix_length([head + [i] for i in range(4)]) == 0  # 72 saved
+    assert data.shared_prefix_length([head + [i] for i in range(5)]) == 24  # 96 saved
+
+
 def test_shared_prefix_sampling_matches_full_prompts(tiny, monkeypatch):
+    monkeypatch.setattr(data, "MIN_SAVED_TOKENS", 0)                       # share even between these few prompts
     model, tokenizer = tiny
     prompts = [teacher_prompt_ids(tokenizer, q, PERSONA) for q in QUESTIONS + ["Why?"]]
     assert data.shared_prefix_length(prompts) >= data.MIN_SHARED_PREFIX
