@@ -8,9 +8,9 @@ GFLOP/s, plus the peak resident memory and the held-out closure.
 FLOPs are counted as 2·P per token for a forward pass and 4·P per token for a training step (forward plus the
 backward pass through the activations; the frozen base weights get no weight gradients, and LoRA's own weight
 gradients are under 1 % of that), where P is the number of weights in matrix multiplications (every linear layer
-and the LM head; SmolLM2-135M: 134.5 M). Attention scores (~5 % at these lengths) are not counted. Token counts are
-the tokens actually computed: padding included, and for sampling the shared prompt prefix once per batch when the
-sampler computes it once.
+and the LM head; SmolLM2-135M: 134.5 M). Attention scores (~5 % at these lengths) are not counted. Token counts: for
+sampling the tokens actually computed (padding included, a shared prompt prefix once per batch when the sampler
+computes it once); for training and evaluation the real tokens.
 
     .venv/bin/python benchmarks/bake_phases.py [--json out.json] [--naive 32]    (also: make bench)
     .venv/bin/python benchmarks/bake_phases.py --naive 0 --bake-args "--batch-size 8 --learning-rate 2e-3"
