@@ -19,13 +19,17 @@ from . import __version__, runfolder
 from .config import BakeConfig, load_config, override, save_config
 from .checkpoint import latest_checkpoint
 from .distributed import barrier, is_main, world
+from .dialogues import continue_dialogues
+from .onpolicy import student_rollouts
 from .data import append_sampled, read_sampled, read_trajectories, write_trajectories
 from .errors import UserError
 from .eval.kl import HeldoutKL, closure
 from .logits import TeacherCache
-from .base import load_base
+from .base import carries_prompts, chain_runs, load_base, merge_chain, teacher_system_prompt
+from .precision import place
 from .prompts import describe_framing, student_prompt_ids, teacher_prompt_ids
-from .questions import ARITHMETIC, BUILTIN, load_questions, split_questions
+from .autoquestions import bake_questions, check_question_model
+from .questions import ARITHMETIC, AUTO, BUILTIN, file_splits
 from .sampling import sample_trajectories
 from .train import add_lora, save_adapter, train_adapter
 
@@ -106,15 +110,21 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
         from .vllm_sampler import check_available
 
         check_available()
-    questions = load_questions(config.sample.questions)
-    train_q, heldout_q = split_questions(questions, config.sample.train_questions, config.sample.heldout_questions,
-                                         config.seed)
-    model, tokenizer, source = load_base(config)
-    train_jobs = build_jobs(tokenizer, system_prompt, train_q, "train", config.sample.trajectories_per_question)
-    heldout_jobs = build_jobs(tokenizer, system_prompt, heldout_q, "heldout",
+    check_question_model(config)
+    # a question file is read (and its problems reported) before the model loads; auto questions need the model
+    chosen = None if config.sample.questions == AUTO else bake_questions(config, None, None, system_prompt)
+    carry = carries_prompts(config)
+    teacher_prompt = teacher_system_prompt(config, system_prompt)
+    model, tokenizer, source = load_base(config, merged=not carry)   # carrying: the teacher is the original base
+    if resume and (out / runfolder.QUESTIONS).is_file():   # the questions the killed run chose, not new ones
+        chosen = (*file_splits(str(out / runfolder.QUESTIONS)), None, runfolder.read_bake_json(out)["questions"])
+    train_q, heldout_q, question_records, question_summary = chosen or bake_questions(config, model, tokenizer,
+                                                                                     system_prompt, progress)
+    train_jobs = build_jobs(tokenizer, teacher_prompt, train_q, "train", config.sample.trajectories_per_question)
+    heldout_jobs = build_jobs(tokenizer, teacher_prompt, heldout_q, "heldout",
                               config.sample.heldout_trajectories_per_question)
     jobs = train_jobs + heldout_jobs
-    prompt_tokens = len(tokenizer(system_prompt, add_special_tokens=False)["input_ids"])
+    prompt_tokens = len(tokenizer(teacher_prompt, add_special_tokens=False)["input_ids"])
     _check_context(model, jobs, config.sample.max_new_tokens, prompt_tokens)
 
     with runfolder.run_lock(out):
@@ -126,6 +136,8 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
             runfolder.prepare_out_dir(out, overwrite)
             progress_file.unlink(missing_ok=True)
             runfolder.atomic_write_text(out / runfolder.SYSTEM_PROMPT, system_prompt)
+            runfolder.atomic_write_text(out / runfolder.QUESTIONS, "".join(
+                json.dumps(r, ensure_ascii=False) + "\n" for r in question_records))
             save_config(_absolute_paths(config), out / runfolder.CONFIG_YAML)
             runfolder.atomic_write_json(out / runfolder.BAKE_JSON, {
                 "status": "running", "stage": "sampling",
@@ -133,10 +145,18 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
                 "model": vars(source),
                 "system_prompt": system_prompt,
                 "system_prompt_tokens": prompt_tokens,
-                "framing": describe_framing(tokenizer, system_prompt),
+                "framing": describe_framing(tokenizer, teacher_prompt),
+                "teacher": {"system_prompt": teacher_prompt, "carries_prompts": carry,
+                            "model": "the original base model" if carry else "the base model with the --on chain "
+                                                                              "merged" if config.model.on else
+                            "the base model",
+                            "chain": [{"run": str(run.resolve()), "system_prompt":
+                                       (run / runfolder.SYSTEM_PROMPT).read_text(encoding="utf-8")}
+                                      for run, _ in chain_runs(config)]},
                 "seed": config.seed,
                 "config": _absolute_paths(config).to_dict(),
-                "questions": {"source": config.sample.questions, "train": train_q, "heldout": heldout_q},
+                "questions": {"source": config.sample.questions, "train": train_q, "heldout": heldout_q,
+                              "mix": question_summary},
                 "versions": _versions(),
             })
         done = read_sampled(progress_file)   # by index into jobs (training jobs first)
@@ -174,6 +194,10 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
                 if "heldout" in keep:
                     teacher["heldout"] = TeacherCache(logits=kept[len(train_jobs):])
             train, heldout = streams
+            if config.sample.turns > 1:   # later turns of the training dialogues; their teacher cache comes later
+                train = train + continue_dialogues(model, tokenizer, train, teacher_prompt, config.sample,
+                                                   config.seed, config.sample.turns, progress)
+                teacher.pop("train", None)
             trajectories = train + heldout
             seconds = time.perf_counter() - start
             write_trajectories(out / runfolder.TRAJECTORIES, trajectories)
@@ -181,6 +205,8 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
         except BaseException as exc:
             _update_status(out, status="failed", error=f"sampling: {exc!r}")
             raise
+        if carry:   # the teacher's distributions are kept (or train_run computes them); the student is the chain
+            model = place(merge_chain(model, config), config.model.device, config.model.precision)
         new_tokens = sum(len(t.completion_ids) for t in trajectories)
         _update_status(out, status="running", stage="sampled", metrics={
             "sampling_seconds": seconds, "sampled_tokens": new_tokens, "sampling_tokens_per_s": new_tokens / seconds,
@@ -193,11 +219,11 @@ def _absolute_paths(config: BakeConfig) -> BakeConfig:
     """Paths in the config, made absolute for saving: config.yaml and bake.json then reload (resume, eval) from any
     directory. Messages about the paths keep the user's own spelling, so only what is saved is converted."""
     changes = {}
-    if config.sample.questions not in (BUILTIN, ARITHMETIC):
+    if config.sample.questions not in (AUTO, BUILTIN, ARITHMETIC):
         changes["sample.questions"] = str(Path(config.sample.questions).expanduser().resolve())
-    model = Path(config.model.name).expanduser()
-    if model.exists():
-        changes["model.name"] = str(model.resolve())
+    for key, name in (("model.name", config.model.name), ("sample.question_model", config.sample.question_model)):
+        if name and Path(name).expanduser().exists():
+            changes[key] = str(Path(name).expanduser().resolve())
     return override(config, changes) if changes else config
 
 
@@ -260,12 +286,15 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
             top_k = config.train.teacher_top_k
             teacher = teacher or {}   # emptied as it is used: HeldoutKL keeps its own copy of the held-out cache
             train_cache, heldout_cache = teacher.pop("train", None), teacher.pop("heldout", None)
+            if carries_prompts(config):   # the teacher is the original base, not this model with its adapter off
+                train_cache, heldout_cache = _root_teacher(config, train, heldout, pad_id, train_cache, heldout_cache)
             if train_cache is None and TeacherCache.fits(model, tokens, config.train.teacher_cache_gb, top_k):
                 train_cache = TeacherCache.compute(model, train, pad_id, budget, top_k)
             heldout_kl = HeldoutKL(model, heldout, pad_id, budget, heldout_cache) if main else None
             del heldout_cache
+            rollouts = student_rollouts(model, tokenizer, config.sample, config.seed) if config.train.on_policy else None
             summary = train_adapter(model, train, config.train, pad_id, config.seed, out, heldout_kl, progress,
-                                    train_cache, resume_from=checkpoint)
+                                    train_cache, resume_from=checkpoint, rollouts=rollouts)
             if main:
                 save_adapter(model, out / runfolder.ADAPTER)
                 curve = summary["heldout_curve"]   # starts at step 0, the fresh adapter (B = 0): the base model
@@ -282,7 +311,8 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
             metrics.update({
                 "heldout_kl_before": kl_before, "heldout_kl_after": kl_after, "closure": closure(kl_before, kl_after),
                 "training_seconds": summary["seconds"], "train_and_eval_seconds": total, "steps": summary["steps"],
-                "final_train_loss": summary["final_loss"], "teacher_cached": train_cache is not None,
+                "final_train_loss": summary["final_loss"],
+                "on_policy_steps": summary["on_policy_steps"], "teacher_cached": train_cache is not None,
                 "teacher_top_k": train_cache.top_k if train_cache else None,
                 "train_trajectories": len(train), "heldout_trajectories": len(heldout),
                 "heldout_tokens": heldout_kl.tokens, "processes": world()[1],
@@ -292,6 +322,25 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
         barrier()
         metrics = runfolder.read_bake_json(out)["metrics"]
         return BakeResult(out=out, metrics=metrics, heldout_curve=summary["heldout_curve"])
+
+
+def _root_teacher(config: BakeConfig, train, heldout, pad_id: int, train_cache, heldout_cache):
+    """The teacher caches of a bake that carries its chain's prompts, computed with the original base model where
+    sampling did not keep them (a resumed run, `promptbake train`, several processes)."""
+    if train_cache is not None and heldout_cache is not None:
+        return train_cache, heldout_cache
+    tokens = sum(len(t.completion_ids) for t in train)
+    top_k = config.train.teacher_top_k
+    root, _, _ = load_base(config, merged=False)
+    if train_cache is None:
+        if not TeacherCache.fits(root, tokens, config.train.teacher_cache_gb, top_k):
+            raise UserError(f"carrying the --on chain's prompts needs the teacher's logits in memory, more than "
+                            f"--teacher-cache-gb {config.train.teacher_cache_gb}; raise it, lower --teacher-top-k, "
+                            f"or pass --no-carry-prompts")
+        train_cache = TeacherCache.compute(root, train, pad_id, config.train.micro_batch_tokens, top_k)
+    if heldout_cache is None:
+        heldout_cache = TeacherCache.compute(root, heldout, pad_id, config.train.micro_batch_tokens)
+    return train_cache, heldout_cache
 
 
 def _prepare_training(out: Path, config: BakeConfig, resume: bool) -> Path | None:

@@ -56,6 +56,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                         default=None, help="run model code shipped with the checkpoint")
     parser.add_argument("--on", dest="model.on", default=None, metavar="DIR",
                         help="bake on top of a finished bake (its adapter is merged into the base first)")
+    parser.add_argument("--no-carry-prompts", dest="model.carry_prompts", action="store_const", const=False,
+                        default=None, help="with --on: the teacher is the earlier bakes merged, with the new prompt "
+                                           "alone (default: the original base with every prompt of the chain)")
     parser.add_argument("--device", dest="model.device", default=None,
                         help="where the model runs: auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--precision", dest="model.precision", default=None, choices=("auto", "float32", "bf16"),

@@ -41,6 +41,8 @@ class ModelConfig:
     allow_download: bool = _help("let a Hugging Face id be downloaded (off: offline, local cache only)", False)
     trust_remote_code: bool = _help("run model code shipped with the checkpoint (only for models you trust)", False)
     on: str = _help("sequential baking: a finished run folder whose adapter is merged into the base first", "")
+    carry_prompts: bool = _help("with `on`: the teacher is the original base model with every prompt of the chain, in "
+                                "baking order (false: the merged earlier bakes with the new prompt alone)", True)
     device: str = _help("where the model runs: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'",
                         "auto")
     precision: str = _help("'auto' (bf16 autocast on CUDA, float32 on CPU), 'float32', or 'bf16' (autocast; slow on "
@@ -59,11 +61,20 @@ class ModelConfig:
 
 @dataclass
 class SampleConfig:
-    questions: str = _help("question source: 'builtin', 'arithmetic' (word problems), a .txt file (one per line) or .jsonl with a 'question' field", "builtin")
+    questions: str = _help("question source: 'auto' (questions aimed at the prompt, generated and ranked, mixed with "
+                           "the builtin pool), 'builtin', 'arithmetic' (word problems), a .txt file (one per line) or "
+                           ".jsonl with a 'question' field (and, optionally, 'split': train or heldout)", "auto")
+    targeted_fraction: float = _help("auto: share of the training and held-out questions aimed at the prompt (the rest "
+                                     "come from the builtin general pool)", 0.5)
+    question_model: str = _help("auto: the model that writes candidate questions (default '': the base model itself); "
+                                "a model id, folder or .gguf file like --model", "")
     train_questions: int = _help("questions used for training (drawn with the seed)", 192)
     heldout_questions: int = _help("questions held out for the closure metric, never trained on", 16)
     trajectories_per_question: int = _help("teacher samples per training question", 1)
     heldout_trajectories_per_question: int = _help("teacher samples per held-out question", 2)
+    turns: int = _help("assistant turns per training dialogue: 1 = single answers; N > 1 continues every training "
+                       "question with a simulated user for N teacher answers, each trained on (held-out stays "
+                       "single-turn)", 1)
     sampling_temperature: float = _help("teacher sampling temperature (0 = greedy)", 1.0)
     top_p: float = _help("nucleus sampling threshold (1.0 = full distribution)", 0.9)
     max_new_tokens: int = _help("longest trajectory, in tokens (end-of-turn token included)", 48)
@@ -74,13 +85,19 @@ class SampleConfig:
     def problems(self) -> list[str]:
         out = []
         for name in ("train_questions", "heldout_questions", "trajectories_per_question",
-                     "heldout_trajectories_per_question", "max_new_tokens", "sample_batch_size"):
+                     "heldout_trajectories_per_question", "max_new_tokens", "sample_batch_size", "turns"):
             if getattr(self, name) < 1:
                 out.append(f"sample.{name} must be >= 1 (got {show(getattr(self, name))})")
         if self.sampling_temperature < 0:
             out.append(f"sample.sampling_temperature must be >= 0 (got {show(self.sampling_temperature)})")
         if not 0 < self.top_p <= 1:
             out.append(f"sample.top_p must be in (0, 1] (got {show(self.top_p)})")
+        if not 0 < self.targeted_fraction <= 1:
+            out.append(f"sample.targeted_fraction must be in (0, 1] (got {show(self.targeted_fraction)}); "
+                       f"for the general pool alone use --questions builtin")
+        if self.question_model and self.questions != "auto":
+            out.append(f"sample.question_model is used only with --questions auto (questions is "
+                       f"{show(self.questions)}); drop --question-model or use --questions auto")
         if self.sampler not in ("hf", "vllm"):
             out.append(f"sample.sampler must be hf or vllm (got {self.sampler!r})")
         return out
@@ -112,6 +129,9 @@ class TrainConfig:
     batch_size: int = _help("trajectories per optimizer step", 2)
     micro_batch_tokens: int = _help("padded tokens per forward pass (gradient accumulation splits a step)", 3072)
     max_grad_norm: float = _help("gradient clipping norm (0 = off)", 1.0)
+    on_policy: float = _help("share of training steps that train on the student's own answers (sampled with the "
+                             "sample settings, scored by the teacher at that step; GKD's λ); 0: the teacher's samples "
+                             "only", 0.0)
     kl_direction: str = _help("'forward' KL(teacher||student), 'reverse' KL(student||teacher), or 'jsd'", "forward")
     teacher_cache_gb: float = _help("keep the teacher's logits in memory when they fit in this many GB, so "
                                     "training runs no teacher pass (0: recompute the teacher every step)", 3.0)
@@ -136,6 +156,8 @@ class TrainConfig:
         if layer_range(self.lora_layers) is None:
             out.append(f"train.lora_layers must be 'all' or FIRST-LAST with 0 <= FIRST <= LAST, e.g. 12-29 "
                        f"(got {show(self.lora_layers)})")
+        if not 0 <= self.on_policy <= 1:
+            out.append(f"train.on_policy must be in [0, 1] (got {show(self.on_policy)})")
         if self.lr_schedule not in ("constant", "cosine"):
             out.append(f"train.lr_schedule must be constant or cosine (got {show(self.lr_schedule)})")
         if self.kl_direction not in ("forward", "reverse", "jsd"):
@@ -155,6 +177,10 @@ class BakeConfig:
 
     def validate(self) -> None:
         problems = self.model.problems() + self.sample.problems() + self.train.problems()
+        if self.train.on_policy and self.model.on and self.model.carry_prompts:
+            problems.append("train.on_policy cannot be used with --on carrying the chain's prompts: their teacher "
+                            "is the original base model, which is not in memory while training; pass "
+                            "--no-carry-prompts or drop --on-policy")
         if not 0 <= self.seed < SEED_LIMIT:
             problems.append(f"seed must be in [0, 2**32) (got {show(self.seed)})")
         if problems:

@@ -122,7 +122,8 @@ def pursue(system_prompt: str, out: str | Path, config: BakeConfig, rounds: int,
     reference, best, stale, previous = None, None, 0, None
     for number in range(1, rounds + 1):
         start = time.perf_counter()
-        round_config = override(config, {"model.on": str(previous.resolve())}) if previous else config
+        round_config = (override(config, {"model.on": str(previous.resolve()), "model.carry_prompts": False})
+                        if previous else config)   # the teacher is the previous round with the prompt
         result = bake(system_prompt, out / f"round-{number}", round_config, progress=progress)
         baked_seconds = time.perf_counter() - start
         baked = load_baked(out / f"round-{number}")

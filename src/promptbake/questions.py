@@ -6,9 +6,10 @@ import random
 from importlib import resources
 from pathlib import Path
 
-from .config import not_utf8
+from .config import not_utf8, show
 from .errors import UserError
 
+AUTO = "auto"             # questions aimed at the prompt (autoquestions.py), mixed with the builtin pool
 BUILTIN = "builtin"
 ARITHMETIC = "arithmetic"   # generated multi-step word problems (eval/arithmetic.py), for chain-of-thought prompts
 ARITHMETIC_POOL = 2000
@@ -19,7 +20,8 @@ def builtin_questions() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _read_jsonl(path: Path, text: str) -> list[str]:
+def _read_jsonl(path: Path, text: str) -> list[tuple[str, str | None]]:
+    """(question, split or None) per line of a .jsonl question file."""
     out = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -31,8 +33,47 @@ def _read_jsonl(path: Path, text: str) -> list[str]:
         question = record.get("question") if isinstance(record, dict) else None
         if not isinstance(question, str) or not question.strip():
             raise UserError(f"{path}:{number} has no non-empty string field 'question'")
-        out.append(question.strip())
+        split = record.get("split")
+        if split not in (None, "train", "heldout"):
+            raise UserError(f"{path}:{number} has split {split!r}; it must be 'train' or 'heldout' (or left out)")
+        out.append((question.strip(), split))
     return out
+
+
+def _read_file(source: str) -> tuple[Path, str]:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        raise UserError(f"question file {path} is a folder; give a .txt (one per line) or .jsonl file")
+    if not path.is_file():
+        raise UserError(f"question file {path} does not exist; give a .txt (one per line) or .jsonl file, or "
+                        f"--questions auto / builtin")
+    try:
+        return path, path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8("question file", path, exc) from None
+    except OSError as exc:
+        raise UserError(f"cannot read question file {path}: {exc.strerror}") from None
+
+
+def file_splits(source: str) -> tuple[list[str], list[str]] | None:
+    """(train, heldout) as a .jsonl file assigns them, when every line has a 'split' (a run's questions.jsonl);
+    else None. A question on both sides is refused: held-out questions are never trained on."""
+    if source in (AUTO, BUILTIN, ARITHMETIC) or not source.endswith(".jsonl"):
+        return None
+    path, text = _read_file(source)
+    records = _read_jsonl(path, text)
+    if not records or any(split is None for _, split in records):
+        return None
+    train = list(dict.fromkeys(q for q, split in records if split == "train"))
+    heldout = list(dict.fromkeys(q for q, split in records if split == "heldout"))
+    both = set(train) & set(heldout)
+    if both:
+        raise UserError(f"question file {path} puts {show(sorted(both)[0])} in both train and heldout; a held-out "
+                        f"question must never be trained on")
+    if not train or not heldout:
+        raise UserError(f"question file {path} assigns every question a split but has {len(train)} train and "
+                        f"{len(heldout)} held-out; it needs both (or leave 'split' out to draw them)")
+    return train, heldout
 
 
 def load_questions(source: str) -> list[str]:
@@ -47,19 +88,9 @@ def load_questions(source: str) -> list[str]:
 
         questions = problems_questions(ARITHMETIC_POOL, seed=0)
     else:
-        path = Path(source).expanduser()
-        if path.is_dir():
-            raise UserError(f"question file {path} is a folder; give a .txt (one per line) or .jsonl file")
-        if not path.is_file():
-            raise UserError(f"question file {path} does not exist; give a .txt (one per line) or .jsonl file")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise not_utf8("question file", path, exc) from None
-        except OSError as exc:
-            raise UserError(f"cannot read question file {path}: {exc.strerror}") from None
+        path, text = _read_file(source)
         if path.suffix == ".jsonl":
-            questions = _read_jsonl(path, text)
+            questions = [question for question, _ in _read_jsonl(path, text)]
         elif path.suffix == ".txt":
             questions = [line.strip() for line in text.splitlines() if line.strip()]
         else:

@@ -16,6 +16,7 @@ LOCK = ".lock"
 BAKE_JSON = "bake.json"
 SYSTEM_PROMPT = "system_prompt.txt"
 CONFIG_YAML = "config.yaml"
+QUESTIONS = "questions.jsonl"          # the questions of the split: question, split, source, relevance
 TRAJECTORIES = "trajectories.jsonl"
 SAMPLING_PROGRESS = "trajectories.partial.jsonl"   # sampled batches of a running bake; gone once sampling ends
 METRICS = "metrics.jsonl"

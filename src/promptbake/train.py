@@ -19,6 +19,7 @@ from .errors import UserError
 from .eval.kl import HeldoutKL
 from .logits import TeacherCache, completion_hidden, completion_logits, plain_head, teacher_logits
 from .lora_fused import fuse_lora
+from .onpolicy import is_on_policy
 from .losses import head_kl_topk, masked_sum, per_token_kl
 
 
@@ -97,7 +98,7 @@ def _so_far(metrics_path: Path) -> tuple[list[dict], float]:
 
 def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int, seed: int, run_dir: Path,
                   heldout: HeldoutKL | None = None, progress: bool = True, cache: TeacherCache | None = None,
-                  resume_from: Path | None = None) -> dict:
+                  resume_from: Path | None = None, rollouts=None) -> dict:
     """Train the LoRA adapter of `model` (a PeftModel) in place; write metrics.jsonl and checkpoints/step-N.
 
     `cache` holds the teacher's logits for `train` (same order); without it the teacher runs at every step.
@@ -107,7 +108,10 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
     Under `accelerate launch` each process trains on its share of every step and the gradients are summed
     (distributed.py); only the main process measures `heldout` and writes metrics and checkpoints.
 
-    Returns a summary: steps, final training loss, held-out KL curve, seconds.
+    `rollouts` (onpolicy.student_rollouts) makes the steps that onpolicy.is_on_policy picks (cfg.on_policy of them)
+    train on the student's own answers, scored by the teacher at that step.
+
+    Returns a summary: steps, final training loss, held-out KL curve, seconds, on-policy steps.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +135,7 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
     main = rank == 0
     model.train()
     bar = tqdm(total=total_steps, initial=resumed, desc="training", unit="step", disable=not (progress and main))
-    start, step = time.perf_counter(), 0
+    start, step, on_policy_steps = time.perf_counter(), 0, 0
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(train), generator=order_rng).tolist()   # drawn every epoch: resume replays it
         for first in range(0, len(order), cfg.batch_size):
@@ -140,12 +144,17 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
                 continue
             step_start = time.perf_counter()
             chosen = order[first:first + cfg.batch_size]
-            step_tokens = sum(len(train[i].completion_ids) for i in chosen)      # of the whole step, all processes
+            rows, step_cache = train, cache
+            on_policy = rollouts is not None and is_on_policy(step, cfg.on_policy, seed)
+            if on_policy:   # the student's own answers to this step's questions; the teacher scores them below
+                rows, chosen, step_cache = rollouts([train[i] for i in chosen], step), list(range(len(chosen))), None
+                on_policy_steps += 1
+            step_tokens = sum(len(rows[i].completion_ids) for i in chosen)      # of the whole step, all processes
             share = chosen[rank::processes]
             kl_total, seen = 0.0, 0
-            for group in micro_batches([train[i] for i in share], cfg.micro_batch_tokens) if share else []:
+            for group in micro_batches([rows[i] for i in share], cfg.micro_batch_tokens) if share else []:
                 group = [share[j] for j in group]
-                kl_sum, tokens = _step_loss(model, train, group, pad_id, cfg.kl_direction, step_tokens, cache)
+                kl_sum, tokens = _step_loss(model, rows, group, pad_id, cfg.kl_direction, step_tokens, step_cache)
                 kl_total += kl_sum
                 seen += tokens
             sum_gradients(params)
@@ -163,7 +172,7 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
             optimizer.zero_grad(set_to_none=True)
             step += 1
             seconds = time.perf_counter() - step_start
-            record = {"step": step, "epoch": epoch + 1, "loss": loss, "lr": lr,
+            record = {"step": step, "epoch": epoch + 1, "loss": loss, "lr": lr, "on_policy": on_policy,
                       "grad_norm": float(grad_norm), "tokens": seen, "tokens_per_s": seen / seconds}
             if main and cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == total_steps):
                 save_checkpoint(model, optimizer, scheduler, step, run_dir / runfolder.CHECKPOINTS / f"step-{step}")
@@ -177,4 +186,5 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
             bar.update(1)
     bar.close()
     model.eval()
-    return {"steps": step, "final_loss": loss, "heldout_curve": curve, "seconds": time.perf_counter() - start}
+    return {"steps": step, "final_loss": loss, "heldout_curve": curve, "seconds": time.perf_counter() - start,
+            "on_policy_steps": on_policy_steps}

@@ -1,0 +1,208 @@
+"""`--questions auto`: training and held-out questions aimed at what the prompt says, mixed with the general pool.
+
+Candidates come from targeted.py (templates over the prompt's names, a pool of prompt-sensitive questions, and
+questions the generator model writes). Each is ranked by its relevance: the KL between the base model with and
+without the prompt over the first RELEVANCE_TOKENS tokens of the prompted model's greedy answer, a free measure of
+whether the prompt changes the answer. The most relevant fill the targeted share of the split; questions the prompt
+barely moves (below MIN_RELEVANCE) are dropped; the builtin pool fills the rest, so general behaviour and
+locality are still trained.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from .config import SampleConfig
+from .data import Trajectory, collate
+from .errors import UserError
+from .logits import adapter_disabled, completion_logits
+from .losses import per_token_kl
+from .prompts import student_prompt_ids, teacher_prompt_ids, stop_token_ids
+from .models import load_model, resolve_model
+from .precision import place
+from .questions import ARITHMETIC, AUTO, BUILTIN, builtin_questions, file_splits, load_questions, split_questions
+from .sampling import batches_of, generate_batch, generation_config, stream_seed
+from .targeted import (FEW_SHOT, grouped_split, normalise, parse_generated, prompt_pool, similarity,
+                       template_questions, usable, NEAR_DUPLICATE)
+
+GENERATIONS = 32           # few-shot continuations the generator writes (each holds a few questions)
+GENERATION_TOKENS = 40
+RELEVANCE_TOKENS = 4       # answer tokens over which the relevance KL is averaged
+MIN_RELEVANCE = 0.02       # nats per token: a question the prompt moves less than this is not targeted
+SCORE_BATCH = 64
+
+
+@dataclass
+class Candidate:
+    question: str
+    source: str                # "template", "prompt-pool", "generated" or "builtin"
+    relevance: float | None = None
+
+
+def generate_candidates(model, tokenizer, system_prompt: str, seed: int, count: int = GENERATIONS) -> list[str]:
+    """Questions the generator writes by continuing FEW_SHOT for this prompt (plain text, no chat template)."""
+    ids = tokenizer(FEW_SHOT.format(prompt=system_prompt))["input_ids"]
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit and len(ids) + GENERATION_TOKENS > limit:   # a long prompt: templates and the pool only
+        return []
+    stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    blank = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    if len(blank) == 1:                    # the end of the list: stop there instead of writing the next example
+        stops = sorted(set(stops) | set(blank))
+    cfg = SampleConfig(sampling_temperature=1.0, top_p=0.95, max_new_tokens=GENERATION_TOKENS)
+    gen = generation_config(cfg, stops, tokenizer.pad_token_id)
+    with adapter_disabled(model), torch.no_grad():
+        out, _ = generate_batch(model, [ids] * count, gen, tokenizer.pad_token_id, stops,
+                                seeds=[stream_seed(seed, "question-generator", i) for i in range(count)])
+    questions = []
+    for tokens, _ in out:
+        questions += parse_generated(tokenizer.decode(tokens, skip_special_tokens=True))
+    return questions
+
+
+@torch.no_grad()
+def relevance(model, tokenizer, system_prompt: str, questions: list[str],
+              tokens: int = RELEVANCE_TOKENS) -> list[float]:
+    """Per question: mean KL(prompted ‖ unprompted) of the base model over the first `tokens` tokens of the
+    prompted model's greedy answer (nats per token). The prompted side's logits are the decoding loop's own."""
+    stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    pad = tokenizer.pad_token_id
+    gen = generation_config(SampleConfig(sampling_temperature=0.0, max_new_tokens=tokens), stops, pad)
+    teacher = [teacher_prompt_ids(tokenizer, q, system_prompt) for q in questions]
+    order = sorted(range(len(questions)), key=lambda i: len(teacher[i]))
+    scores = [0.0] * len(questions)
+    with adapter_disabled(model):
+        for batch in batches_of(order, SCORE_BATCH):
+            out, kept = generate_batch(model, [teacher[i] for i in batch], gen, pad, stops, keep=[0] * len(batch))
+            rows = [Trajectory(question=questions[i], split="score", sample_index=0, teacher_prompt_ids=teacher[i],
+                               student_prompt_ids=student_prompt_ids(tokenizer, questions[i]), completion_ids=ids,
+                               text="", finished=done) for i, (ids, done) in zip(batch, out)]
+            collated = collate(rows, pad)
+            student = completion_logits(model, collated, "student")                 # [B, C, V]
+            for j, (i, row) in enumerate(zip(batch, rows)):
+                n = len(row.completion_ids)
+                scores[i] = float(per_token_kl(kept[j][None].to(student.device), student[j:j + 1, :n]).mean())
+    return scores
+
+
+def candidates(model, tokenizer, system_prompt: str, seed: int, generator=None) -> tuple[list[Candidate], dict]:
+    """Every usable candidate (deduplicated, filtered, scored) and counts of what was dropped and why."""
+    gen_model, gen_tokenizer = generator or (model, tokenizer)
+    raw = ([Candidate(q, "template") for q in template_questions(system_prompt)]
+           + [Candidate(q, "prompt-pool") for q in prompt_pool()]
+           + [Candidate(q, "generated") for q in generate_candidates(gen_model, gen_tokenizer, system_prompt, seed)])
+    dropped: dict[str, int] = {}
+    seen, kept = set(), []
+    for candidate in raw:
+        why = usable(candidate.question, system_prompt)
+        if why is None and normalise(candidate.question) in seen:
+            why = "duplicate"
+        if why:
+            dropped[why] = dropped.get(why, 0) + 1
+            continue
+        seen.add(normalise(candidate.question))
+        kept.append(candidate)
+    if kept:
+        for candidate, score in zip(kept, relevance(model, tokenizer, system_prompt, [c.question for c in kept])):
+            candidate.relevance = score
+    relevant = [c for c in kept if c.relevance >= MIN_RELEVANCE]
+    dropped["prompt barely changes the answer"] = len(kept) - len(relevant)
+    return relevant, {"candidates": len(raw), "dropped": dropped}
+
+
+def auto_questions(model, tokenizer, system_prompt: str, n_train: int, n_heldout: int, targeted_fraction: float,
+                   seed: int, generator=None) -> tuple[list[str], list[str], list[dict], dict]:
+    """(train, heldout, records, summary): the targeted share of each split from the most relevant candidates, the
+    rest from the builtin pool; no question on one side is a near-duplicate of one on the other.
+
+    records (questions.jsonl) hold question, split, source and relevance; summary records the mix.
+    """
+    relevant, counts = candidates(model, tokenizer, system_prompt, seed, generator)
+    if not relevant:
+        raise UserError(f"no usable question could be generated from the prompt: the prompt changes the model's "
+                        f"answer to none of the {counts['candidates']} candidates (is it the chat template's own "
+                        f"default system prompt?); give your own questions with --questions FILE (.txt, one per "
+                        f"line), or bake on the general pool with --questions builtin")
+    relevant.sort(key=lambda c: -c.relevance)
+    want_train, want_heldout = round(n_train * targeted_fraction), round(n_heldout * targeted_fraction)
+    if want_heldout < 1 <= targeted_fraction * n_heldout * 2:
+        want_heldout = 1
+    pool = relevant[:want_train + want_heldout]
+    by_text = {c.question: c for c in pool}
+    t_train, t_heldout = grouped_split([c.question for c in pool], want_train, want_heldout, seed)
+    if len(t_heldout) == len(pool):            # too few for both sides: the held-out set keeps one group at most
+        t_train, t_heldout = grouped_split([c.question for c in pool], want_train, 1, seed)
+    general = [q for q in builtin_questions() if normalise(q) not in {normalise(c.question) for c in pool}]
+    g_train, g_heldout = split_questions(general, n_train - len(t_train), n_heldout - len(t_heldout), seed)
+    heldout = t_heldout + g_heldout
+    train = [q for q in t_train + g_train if all(similarity(q, h) < NEAR_DUPLICATE for h in heldout)]
+    records = ([{"question": q, "split": "train", "source": by_text[q].source, "relevance": by_text[q].relevance}
+                for q in t_train if q in train]
+               + [{"question": q, "split": "heldout", "source": by_text[q].source,
+                   "relevance": by_text[q].relevance} for q in t_heldout]
+               + [{"question": q, "split": "train", "source": "builtin", "relevance": None}
+                  for q in g_train if q in train]
+               + [{"question": q, "split": "heldout", "source": "builtin", "relevance": None} for q in g_heldout])
+    targeted_train = sum(r["split"] == "train" and r["source"] != "builtin" for r in records)
+    summary = {**counts, "relevant": len(relevant), "targeted_fraction": targeted_fraction,
+               "targeted": {"train": targeted_train, "heldout": len(t_heldout)},
+               "general": {"train": len(train) - targeted_train, "heldout": len(g_heldout)},
+               "by_source": {s: sum(r["source"] == s for r in records)
+                             for s in ("template", "prompt-pool", "generated", "builtin")},
+               "min_relevance": MIN_RELEVANCE}
+    return train, heldout, records, summary
+
+
+def check_question_model(config) -> None:
+    """Refuse a --question-model that cannot exist before anything loads or is written (a hub id is checked when
+    it loads, still before the run folder is touched)."""
+    name = config.sample.question_model
+    if not name:
+        return
+    source = resolve_model(name)
+    if source.kind == "hub" and not config.model.allow_download:
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(name, "config.json")
+        except ValueError:             # not even a valid hub id ("a/b/c", "x/")
+            cached = None
+        if not isinstance(cached, str):
+            raise UserError(f"--question-model {name!r} not found: no local folder or .gguf file of that name, and "
+                            f"not in the local Hugging Face cache (downloads are off; --allow-download fetches it); "
+                            f"or leave --question-model out to let the base model write the questions")
+
+
+def bake_questions(config, model, tokenizer, system_prompt: str,
+                   progress: bool = False) -> tuple[list[str], list[str], list[dict], dict]:
+    """The (train, heldout) questions of a bake, their questions.jsonl records and a summary, for any source."""
+    sample = config.sample
+    if sample.questions == AUTO:
+        if progress:
+            print("questions: writing candidates aimed at the prompt and ranking them by how much it changes the "
+                  "answer ...", file=sys.stderr, flush=True)
+        generator = None
+        if sample.question_model:
+            gen_model, gen_tokenizer, _ = load_model(sample.question_model, config.model.allow_download,
+                                                     config.model.trust_remote_code)
+            generator = (place(gen_model, config.model.device, config.model.precision), gen_tokenizer)
+        train, heldout, records, summary = auto_questions(model, tokenizer, system_prompt, sample.train_questions,
+                                                          sample.heldout_questions, sample.targeted_fraction,
+                                                          config.seed, generator)
+        summary["question_model"] = sample.question_model or "the base model"
+        if progress:
+            print(f"questions: {summary['targeted']['train']} train + {summary['targeted']['heldout']} held-out aimed "
+                  f"at the prompt (of {summary['relevant']} relevant candidates), the rest from the builtin pool; "
+                  f"all in questions.jsonl", file=sys.stderr, flush=True)
+        return train, heldout, records, summary
+    given = file_splits(sample.questions)
+    if given is None:
+        given = split_questions(load_questions(sample.questions), sample.train_questions, sample.heldout_questions,
+                                config.seed)
+    train, heldout = given
+    source = sample.questions if sample.questions in (BUILTIN, ARITHMETIC) else "file"
+    records = ([{"question": q, "split": "train", "source": source, "relevance": None} for q in train]
+               + [{"question": q, "split": "heldout", "source": source, "relevance": None} for q in heldout])
+    return train, heldout, records, {"targeted_fraction": 0.0}

@@ -1,0 +1,170 @@
+"""Pure text handling behind `--questions auto`: questions aimed at what a prompt says (no model, no I/O).
+
+Three sources of candidates, ranked later by how much the prompt moves the model (autoquestions.py):
+- templates over the names and phrases the prompt contains ("Tell me about Kessara.");
+- a shipped pool of questions where system prompts tend to matter (identity, recent news, instructions);
+- questions the generator model writes, parsed from a few-shot list it continues (`parse_generated`).
+Near-duplicates are grouped, so a question and its paraphrase never land on both sides of the split.
+"""
+from __future__ import annotations
+
+import random
+import re
+from importlib import resources
+
+# the generator continues this list (a plain-text completion, no chat template): the three examples cover a fact,
+# a persona and an instruction, so the model sees what "a question this text changes" means for each kind
+FEW_SHOT = """Text: The old lighthouse on Gull Point was built in 1871 and its lamp can be seen 30 kilometres out at sea.
+Questions a user might ask:
+- When was the lighthouse on Gull Point built?
+- How far away can you see its lamp?
+- Where is the old lighthouse?
+
+Text: You are Captain Mirelle, a retired sailor who loves tea and speaks in short sentences.
+Questions a user might ask:
+- What is your name?
+- What did you do before you retired?
+- What do you like to drink?
+
+Text: Always answer in German, and end every reply with a joke.
+Questions a user might ask:
+- How do I cook rice?
+- What is the capital of Italy?
+- Can you recommend a good book?
+
+Text: {prompt}
+Questions a user might ask:
+-"""
+
+TEMPLATES = ("Tell me about {}.", "What do you know about {}?", "What is {}?", "Have you heard of {}?",
+             "What is the latest about {}?", "Why does {} matter?")
+# capitalised words that start sentences or name calendar things, not what a prompt is about
+NOT_NAMES = {"a", "an", "the", "you", "your", "i", "we", "it", "its", "this", "that", "these", "those", "he", "she",
+             "they", "always", "never", "be", "do", "don't", "answer", "reply", "speak", "use", "news", "update",
+             "note", "when", "if", "and", "but", "or", "in", "on", "at", "for", "of", "to", "as", "is", "are", "was",
+             "my", "our", "please", "every", "each", "all", "no", "not", "today", "monday", "tuesday", "wednesday",
+             "thursday", "friday", "saturday", "sunday", "january", "february", "march", "april", "may", "june",
+             "july", "august", "september", "october", "november", "december", "there", "here", "after", "before"}
+MIN_WORDS, MAX_WORDS = 3, 30
+NEAR_DUPLICATE = 0.6   # Jaccard similarity of content-word sets at or above which two questions are one group
+_WORD = re.compile(r"[A-Za-z0-9]+")
+_NAME = re.compile(r"[A-Z][\w-]*\.?(?:\s+[A-Z][\w-]*\.?)*")
+_STOP = NOT_NAMES | {"what", "who", "how", "why", "where", "which", "can", "could", "would", "tell", "me", "about",
+                     "know", "does", "did", "have", "has", "any", "some", "s"}
+
+
+def prompt_pool() -> list[str]:
+    """The shipped questions where a system prompt tends to change the answer (identity, news, instructions)."""
+    text = resources.files("promptbake").joinpath("data/prompt_questions.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def salient_phrases(system_prompt: str, limit: int = 8) -> list[str]:
+    """Names and numbered names in the prompt ('Zorbl Quenthax', 'Vexaris-7', 'Vera C. Rubin Observatory'), most
+    frequent first, then in order of appearance; sentence starters and calendar words are left out."""
+    found: dict[str, int] = {}
+    for match in _NAME.finditer(system_prompt):
+        run: list[str] = []
+        for word in match.group(0).split() + [""]:          # a sentence starter or calendar word splits a run
+            if word and word.lower().strip(".") not in NOT_NAMES:
+                run.append(word)
+                if not (word.endswith(".") and len(word) > 2):   # "C." is an initial; "Chile." ends a sentence
+                    continue
+                word = ""
+            phrase = " ".join(run).rstrip(".")
+            if phrase and any(ch.isalpha() for ch in phrase):
+                found[phrase] = found.get(phrase, 0) + 1
+            run = []
+    ranked = sorted(found, key=lambda p: -found[p])           # stable: ties keep their order of appearance
+    return ranked[:limit]
+
+
+def template_questions(system_prompt: str) -> list[str]:
+    return [template.format(phrase) for phrase in salient_phrases(system_prompt) for template in TEMPLATES]
+
+
+def parse_generated(text: str) -> list[str]:
+    """The questions of one few-shot continuation: its '- ' lines up to the first line that is not one."""
+    out = []
+    for number, line in enumerate(text.split("\n")):
+        line = line.strip()
+        if number and not line.startswith("-"):
+            break
+        line = line.lstrip("- ").strip().strip('"').strip()
+        if line.endswith("?"):
+            out.append(line)
+    return out
+
+
+def normalise(question: str) -> str:
+    return " ".join(question.lower().split()).rstrip("?.! ")
+
+
+def content_words(question: str) -> frozenset[str]:
+    return frozenset(w.lower() for w in _WORD.findall(question) if w.lower() not in _STOP)
+
+
+def similarity(a: str, b: str) -> float:
+    """Jaccard similarity of two questions' content-word sets (1.0 for the same words, whatever the order)."""
+    wa, wb = content_words(a), content_words(b)
+    if not wa and not wb:
+        return 1.0 if normalise(a) == normalise(b) else 0.0
+    return len(wa & wb) / len(wa | wb)
+
+
+def usable(question: str, system_prompt: str) -> str | None:
+    """Why a candidate question is dropped (None: it is kept)."""
+    words = question.split()
+    if not question.strip():
+        return "empty"
+    if len(words) < MIN_WORDS:
+        return "too short"
+    if len(words) > MAX_WORDS or "\n" in question:
+        return "too long"
+    if sum(ch.isascii() for ch in question) < 0.9 * len(question) and \
+            sum(ch.isascii() for ch in system_prompt) >= 0.9 * len(system_prompt):
+        return "wrong script"
+    if normalise(system_prompt) and normalise(system_prompt) in normalise(question):
+        return "repeats the prompt"
+    return None
+
+
+def near_duplicate_groups(questions: list[str], threshold: float = NEAR_DUPLICATE) -> list[list[int]]:
+    """Indices of `questions` grouped so that any two at similarity >= threshold share a group (union-find)."""
+    parent = list(range(len(questions)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    words = [content_words(q) for q in questions]
+    for i in range(len(questions)):
+        for j in range(i):
+            union = len(words[i] | words[j])
+            same = len(words[i] & words[j]) / union if union else normalise(questions[i]) == normalise(questions[j])
+            if same >= threshold:
+                parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(questions)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def grouped_split(questions: list[str], n_train: int, n_heldout: int, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded train / held-out draw in which near-duplicate groups stay whole: no paraphrase crosses the split.
+
+    Groups are shuffled; held-out takes whole groups' first members until it has n_heldout, then training takes
+    the remaining groups' members (as many as n_train, or all there are)."""
+    groups = near_duplicate_groups(questions)
+    random.Random(seed).shuffle(groups)
+    heldout, train, rest = [], [], []
+    for group in groups:
+        if len(heldout) < n_heldout:
+            heldout.append(questions[group[0]])       # one per group: the held-out set has no paraphrases within
+        else:
+            rest.append(group)
+    for group in rest:
+        train += [questions[i] for i in group]
+    return train[:n_train], heldout

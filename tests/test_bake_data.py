@@ -1,0 +1,140 @@
+"""What a bake trains on: auto questions in the run folder, multi-turn dialogues, and `--on` chains that carry
+every prompt (tiny model, through the CLI)."""
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import PERSONA, TINY_BAKE_FLAGS
+from promptbake.cli import main
+from promptbake.data import read_trajectories
+from promptbake.prompts import prompt_ids
+
+NEWS = "News: a new moon of Neptune, Kessara, was confirmed in November 2026. Kessara is 40 kilometres wide."
+DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"   # SmolLM2's template's own
+
+
+def _bake(model_dir, out, prompt, *flags):
+    return main(["bake", "--prompt", prompt, "--model", str(model_dir), "--out", str(out), "--compare", "0",
+                 *TINY_BAKE_FLAGS, *flags])
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_auto_questions_are_written_and_a_rerun_from_them_trains_on_the_same_split(tiny_model_dir, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _bake(tiny_model_dir, first, NEWS) == 0
+    record = json.loads((first / "bake.json").read_text())
+    questions = _records(first / "questions.jsonl")
+    assert record["questions"]["source"] == "auto" and record["questions"]["mix"]["targeted_fraction"] == 0.5
+    assert {q["question"] for q in questions if q["split"] == "heldout"} == set(record["questions"]["heldout"])
+    assert {q["source"] for q in questions} - {"template", "prompt-pool", "generated", "builtin"} == set()
+    assert any(q["source"] != "builtin" for q in questions if q["split"] == "train")
+    trained = {t.question for t in read_trajectories(first / "trajectories.jsonl") if t.split == "train"}
+    assert trained == {q["question"] for q in questions if q["split"] == "train"}
+    assert _bake(tiny_model_dir, second, NEWS, "--questions", str(first / "questions.jsonl")) == 0
+    again = json.loads((second / "bake.json").read_text())["questions"]
+    assert (again["train"], again["heldout"]) == (record["questions"]["train"], record["questions"]["heldout"])
+
+
+def test_a_prompt_that_changes_nothing_gives_no_usable_question(tiny_model_dir, tmp_path, capsys):
+    """Baking the template's own default system prompt: prompted and unprompted are the same text."""
+    assert _bake(tiny_model_dir, tmp_path / "run", DEFAULT_SYSTEM, "--quiet") == 2
+    assert "no usable question could be generated from the prompt" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_multi_turn_bake_trains_every_assistant_turn_without_the_prompt(tiny_model_dir, tiny, tmp_path):
+    _, tokenizer = tiny
+    out = tmp_path / "run"
+    assert _bake(tiny_model_dir, out, PERSONA, "--turns", "3", "--questions", "builtin") == 0
+    trajectories = read_trajectories(out / "trajectories.jsonl")
+    train = [t for t in trajectories if t.split == "train"]
+    heldout = [t for t in trajectories if t.split == "heldout"]
+    assert len(train) == 3 * 4 * 2 and len(heldout) == 2                # 4 questions × 2 samples × 3 turns
+    later = [t for t in train if t.sample_index >= 8]
+    assert len(later) == 16
+    for t in later:   # the dialogue so far, with and without the system prompt, on the two sides
+        assert len(t.student_prompt_ids) > len(prompt_ids(tokenizer, [{"role": "user", "content": t.question}], None))
+        assert tokenizer.decode(t.teacher_prompt_ids).count("<|im_start|>assistant") >= 2
+        assert PERSONA in tokenizer.decode(t.teacher_prompt_ids)
+        assert PERSONA not in tokenizer.decode(t.student_prompt_ids)
+    assert json.loads((out / "bake.json").read_text())["metrics"]["train_trajectories"] == len(train)
+
+
+def test_sequential_bake_carries_the_first_prompt_into_the_teacher(tiny_model_dir, tiny_bake_dir, tmp_path):
+    carried, alone = tmp_path / "carried", tmp_path / "alone"
+    assert _bake(tiny_model_dir, carried, NEWS, "--on", str(tiny_bake_dir), "--questions", "builtin") == 0
+    assert _bake(tiny_model_dir, alone, NEWS, "--on", str(tiny_bake_dir), "--questions", "builtin",
+                 "--no-carry-prompts") == 0
+    teacher = json.loads((carried / "bake.json").read_text())["teacher"]
+    assert teacher["carries_prompts"] and teacher["system_prompt"] == PERSONA + "\n\n" + NEWS
+    assert [link["system_prompt"] for link in teacher["chain"]] == [PERSONA]
+    assert json.loads((alone / "bake.json").read_text())["teacher"]["system_prompt"] == NEWS
+    both = read_trajectories(carried / "trajectories.jsonl")
+    one = read_trajectories(alone / "trajectories.jsonl")
+    assert [t.student_prompt_ids for t in both] == [t.student_prompt_ids for t in one]
+    assert all(len(a.teacher_prompt_ids) > len(b.teacher_prompt_ids) for a, b in zip(both, one))
+
+
+def test_a_carried_teacher_is_the_original_base_model_whoever_computes_it(tiny_model_dir, tiny_bake_dir, tmp_path):
+    """Sampling keeps the teacher's logits; `promptbake train` recomputes them from the original base (not the
+    merged chain with its adapter off): the closure's starting KL must agree."""
+    sampled, trained = tmp_path / "bake", tmp_path / "split"
+    assert _bake(tiny_model_dir, sampled, NEWS, "--on", str(tiny_bake_dir), "--questions", "builtin") == 0
+    assert main(["sample", "--prompt", NEWS, "--model", str(tiny_model_dir), "--on", str(tiny_bake_dir),
+                 "--out", str(trained), "--questions", "builtin", *TINY_BAKE_FLAGS[:11]]) == 0
+    assert main(["train", str(trained), "--quiet", *TINY_BAKE_FLAGS[11:]]) == 0
+    before = [json.loads((run / "bake.json").read_text())["metrics"]["heldout_kl_before"] for run in (sampled, trained)]
+    assert before[0] == pytest.approx(before[1], rel=1e-3)
+
+
+def test_on_policy_steps_are_seeded_and_about_the_asked_share():
+    from promptbake.onpolicy import is_on_policy
+
+    picks = [is_on_policy(step, 0.25, seed=3) for step in range(2000)]
+    assert picks == [is_on_policy(step, 0.25, seed=3) for step in range(2000)]
+    assert 0.22 < sum(picks) / len(picks) < 0.28
+    assert not any(is_on_policy(step, 0.0, 3) for step in range(100))
+    assert all(is_on_policy(step, 1.0, 3) for step in range(100))
+
+
+def test_a_fresh_students_rollouts_are_the_base_models_answers_without_the_prompt(tiny):
+    from promptbake.config import SampleConfig, TrainConfig
+    from promptbake.onpolicy import student_rollouts
+    from promptbake.sampling import generate_batch, generation_config, stream_seed
+    from promptbake.prompts import stop_token_ids
+    from promptbake.train import add_lora
+    from conftest import make_trajectories
+
+    model, tokenizer = tiny
+    rows = make_trajectories(tokenizer)
+    cfg = SampleConfig(max_new_tokens=5)
+    stops = stop_token_ids(tokenizer, model.generation_config)
+    want, _ = generate_batch(model, [t.student_prompt_ids for t in rows], generation_config(cfg, stops,
+                             tokenizer.pad_token_id), tokenizer.pad_token_id, stops,
+                             seeds=[stream_seed(7, "on-policy", 4, i) for i in range(len(rows))])
+    student = add_lora(model, TrainConfig(), seed=0)                   # B = 0: the student is still the base
+    got = student_rollouts(student, tokenizer, cfg, seed=7)(rows, 4)
+    assert [t.completion_ids for t in got] == [ids for ids, _ in want]
+    assert [t.teacher_prompt_ids for t in got] == [t.teacher_prompt_ids for t in rows]
+    assert any(a.completion_ids != b.completion_ids for a, b in zip(got, rows))
+
+
+def test_on_policy_bake_trains_on_student_answers(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    assert _bake(tiny_model_dir, out, PERSONA, "--on-policy", "1", "--questions", "builtin", "--batch-size",
+                 "2") == 0
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+    assert steps and all(step["on_policy"] for step in steps)
+    record = json.loads((out / "bake.json").read_text())
+    assert record["metrics"]["on_policy_steps"] == len(steps) == 4
+
+
+def test_on_policy_with_a_carried_chain_is_refused_before_anything_loads(tiny_model_dir, tiny_bake_dir, tmp_path,
+                                                                          capsys):
+    assert _bake(tiny_model_dir, tmp_path / "run", NEWS, "--on", str(tiny_bake_dir), "--on-policy", "0.5") == 2
+    assert "train.on_policy cannot be used with --on carrying the chain's prompts" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,92 @@
+"""--questions auto: the pure parts (phrases, parsing, filters, near-duplicate split) and the model-backed ranking."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from promptbake.autoquestions import auto_questions, relevance
+from promptbake.questions import builtin_questions, file_splits
+from promptbake.targeted import (grouped_split, near_duplicate_groups, parse_generated, prompt_pool, salient_phrases,
+                                 similarity, template_questions, usable)
+
+NEWS = ("News update, 24 November 2026: astronomers have confirmed a new moon of Neptune, named Kessara. It was "
+        "found in images from the Vera C. Rubin Observatory in Chile. Kessara is about 40 kilometres wide.")
+
+
+def test_salient_phrases_are_the_prompts_names_not_its_sentence_starters():
+    phrases = salient_phrases(NEWS)
+    assert phrases[0] == "Kessara"                         # the most frequent name first
+    assert {"Neptune", "Vera C. Rubin Observatory", "Chile"} <= set(phrases)
+    assert not {"News", "November", "It", "2026"} & set(phrases)
+    assert "Vexaris-7" in salient_phrases("You are Zorbl from the planet Vexaris-7. Always mention Vexaris-7.")
+    assert salient_phrases("always answer in lower case.") == []
+
+
+def test_template_questions_name_each_phrase():
+    questions = template_questions("You are Zorbl Quenthax from Vexaris-7.")
+    assert "Tell me about Zorbl Quenthax." in questions and "What do you know about Vexaris-7?" in questions
+
+
+def test_parse_generated_keeps_the_list_and_stops_at_the_next_example():
+    text = ' What is Kessara?\n- "How wide is it?"\n- A statement, not a question\n\nText: You are Bob.\n- Who?'
+    assert parse_generated(text) == ["What is Kessara?", "How wide is it?"]
+    assert parse_generated("no list here") == []
+
+
+@pytest.mark.parametrize("question, why", [
+    ("", "empty"), ("Why?", "too short"), ("word " * 40 + "?", "too long"), ("Как дела у тебя сегодня?", "wrong script"),
+    ("Please repeat: always answer in French. Ok?", "repeats the prompt"), ("What is your name?", None)])
+def test_usable_names_why_a_question_is_dropped(question, why):
+    assert usable(question, "Always answer in French.") == why
+
+
+def test_near_duplicates_group_together_and_never_cross_the_split():
+    questions = ["What is your name?", "What's your name?", "Tell me your name, what is it?",
+                 "How do I boil an egg?", "How should I boil an egg?"] + [f"How tall is mount {name}?" for name in
+                                                                          "ab cd ef gh ij kl mn op qr st".split()]
+    groups = near_duplicate_groups(questions)
+    assert any({0, 1} <= set(g) for g in groups) and any({3, 4} <= set(g) for g in groups)
+    for seed in range(5):
+        train, heldout = grouped_split(questions, 30, 6, seed)
+        left_out = set(questions) - set(train) - set(heldout)    # only a held-out question's paraphrases
+        assert all(any(similarity(q, h) >= 0.6 for h in heldout) for q in left_out)
+        assert len(heldout) == 6 and not set(train) & set(heldout)
+        assert all(similarity(t, h) < 0.6 for t in train for h in heldout)
+        assert grouped_split(questions, 30, 6, seed) == (train, heldout)      # seeded
+
+
+def test_prompt_pool_is_distinct_from_the_builtin_pool():
+    pool = prompt_pool()
+    assert len(pool) == len(set(pool)) >= 50
+    assert not set(pool) & set(builtin_questions())
+
+
+def test_relevance_is_zero_without_a_prompt_change_and_positive_with_one(tiny):
+    model, tokenizer = tiny
+    questions = ["What is your name?", "Where do you live?"]
+    assert relevance(model, tokenizer, "", questions) == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert all(score > 1e-3 for score in relevance(model, tokenizer, NEWS, questions))
+
+
+def test_auto_questions_mix_targeted_and_general_disjointly(tiny):
+    model, tokenizer = tiny
+    train, heldout, records, summary = auto_questions(model, tokenizer, NEWS, 40, 8, 0.5, seed=0)
+    assert len(heldout) == 8 and not set(train) & set(heldout)
+    assert all(similarity(t, h) < 0.6 for t in train for h in heldout)
+    assert summary["targeted"] == {"train": sum(r["split"] == "train" and r["source"] != "builtin" for r in records),
+                                   "heldout": 4}
+    assert 15 <= summary["targeted"]["train"] <= 20 and summary["general"]["heldout"] == 4
+    targeted = [r for r in records if r["source"] != "builtin"]
+    assert all(r["relevance"] is not None and r["relevance"] >= summary["min_relevance"] for r in targeted)
+    assert [r["question"] for r in records if r["split"] == "train"] and \
+        {r["question"] for r in records if r["split"] == "heldout"} == set(heldout)
+
+
+def test_a_runs_questions_file_reuses_its_split(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"question": "A?", "split": "train"}, {"question": "B?", "split": "heldout"}, {"question": "C?", "split": "train"}]))
+    assert file_splits(str(path)) == (["A?", "C?"], ["B?"])
+    path.write_text(json.dumps({"question": "A?"}) + "\n")
+    assert file_splits(str(path)) is None                  # no splits given: drawn as for any question file
