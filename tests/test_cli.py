@@ -27,8 +27,11 @@ def _snapshot(folder):
 
 def test_bake_writes_the_run_folder_contract(baked_run):
     names = {p.name for p in baked_run.iterdir()}
-    assert names == {"bake.json", "system_prompt.txt", "config.yaml", "trajectories.jsonl", "adapter",
-                     "checkpoints", "metrics.jsonl"}
+    assert names == {"bake.json", "system_prompt.txt", "config.yaml", "questions.jsonl", "trajectories.jsonl",
+                     "adapter", "checkpoints", "metrics.jsonl"}
+    questions = [json.loads(line) for line in (baked_run / "questions.jsonl").read_text().splitlines()]
+    assert {q["question"] for q in questions if q["split"] == "train"} == set(
+        json.loads((baked_run / "bake.json").read_text())["questions"]["train"])
     assert (baked_run / "system_prompt.txt").read_text() == PERSONA
     assert {p.name for p in (baked_run / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
     assert sorted(p.name for p in (baked_run / "checkpoints").iterdir()) == ["step-1", "step-2"]

@@ -1,6 +1,6 @@
 """The composite: sample → train → evaluate → save, as two stages that talk through the run folder.
 
-`sample_run` writes system_prompt.txt, config.yaml, trajectories.jsonl and bake.json (status "sampled");
+`sample_run` (sample_stage.py) writes the questions, the trajectories and bake.json (status "sampled");
 `train_run` reads them back, trains the adapter and finishes bake.json with the metrics. `bake` runs both
 with one model load.
 """
@@ -8,29 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__, runfolder
-from .config import BakeConfig, load_config, override, save_config
+from . import runfolder
+from .base import carries_prompts, load_base
 from .checkpoint import latest_checkpoint
+from .config import BakeConfig, load_config, save_config
+from .data import read_trajectories
 from .distributed import barrier, is_main, world
-from .dialogues import continue_dialogues
-from .onpolicy import student_rollouts
-from .data import append_sampled, read_sampled, read_trajectories, write_trajectories
 from .errors import UserError
 from .eval.kl import HeldoutKL, closure
 from .logits import TeacherCache
-from .base import carries_prompts, chain_runs, load_base, merge_chain, teacher_system_prompt
-from .precision import place
-from .prompts import describe_framing, student_prompt_ids, teacher_prompt_ids
-from .autoquestions import bake_questions, check_question_model
-from .questions import ARITHMETIC, AUTO, BUILTIN, file_splits
-from .sampling import sample_trajectories
+from .onpolicy import student_rollouts
+from .sample_stage import _absolute_paths, _update_status, build_jobs, sample_run  # noqa: F401 (build_jobs: API)
 from .train import add_lora, save_adapter, train_adapter
 
 
@@ -43,195 +37,6 @@ class BakeResult:
     @property
     def closure(self) -> float:
         return self.metrics["closure"]
-
-
-def _versions() -> dict:
-    import peft
-    import torch
-    import transformers
-
-    return {"promptbake": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "python": platform.python_version()}
-
-
-def _check_prompt(system_prompt: str) -> str:
-    if not isinstance(system_prompt, str) or not system_prompt.strip():
-        raise UserError("the prompt is empty; pass --prompt TEXT or --prompt-file FILE with the text to bake")
-    return system_prompt
-
-
-def build_jobs(tokenizer, system_prompt: str, questions: list[str], split: str, per_question: int) -> list[dict]:
-    jobs = []
-    for question in questions:
-        teacher = teacher_prompt_ids(tokenizer, question, system_prompt)
-        student = student_prompt_ids(tokenizer, question)
-        jobs += [{"question": question, "split": split, "sample_index": k, "teacher_prompt_ids": teacher,
-                  "student_prompt_ids": student} for k in range(per_question)]
-    return jobs
-
-
-def _check_context(model, jobs: list[dict], max_new_tokens: int, system_prompt_tokens: int) -> None:
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if not limit:
-        return
-    longest = max(len(j["teacher_prompt_ids"]) for j in jobs) + max_new_tokens
-    if longest > limit:
-        raise UserError(f"the prompt is too long: the system prompt is {system_prompt_tokens} tokens, and with a "
-                        f"question and max_new_tokens={max_new_tokens} a sequence needs {longest} tokens, more than "
-                        f"the model's context of {limit}; shorten the prompt or lower --max-new-tokens")
-
-
-def _update_status(run_dir: Path, **changes) -> dict:
-    record = runfolder.read_bake_json(run_dir)
-    record.update(changes)
-    runfolder.atomic_write_json(run_dir / runfolder.BAKE_JSON, record)
-    return record
-
-
-def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: bool = False, progress: bool = True,
-               keep_logits: bool = False, resume: bool = False):
-    """Stage 1: split questions, sample teacher trajectories into `out`.
-
-    Each sampled batch is appended to trajectories.partial.jsonl as it finishes; with `resume` (a run folder whose
-    sampling was killed) the batches found there are kept and only the others are sampled, with the seeds they
-    would have had, so the trajectories equal an uninterrupted run's. trajectories.jsonl appears only when all are
-    sampled.
-
-    Returns ((model, tokenizer, source), teacher): with `keep_logits`, teacher maps "train" to a TeacherCache of
-    the training trajectories (top-k when train.teacher_top_k, else full logits) and "heldout" to the held-out
-    trajectories' full logits, each in the order of trajectories.jsonl and only where it fits
-    train.teacher_cache_gb; without, it is empty.
-    """
-    system_prompt = _check_prompt(system_prompt)
-    out = Path(out)
-    if not resume:
-        runfolder.check_out_dir(out, overwrite)               # validate cheap inputs before loading or writing
-    if config.sample.sampler == "vllm":
-        from .vllm_sampler import check_available
-
-        check_available()
-    check_question_model(config)
-    # a question file is read (and its problems reported) before the model loads; auto questions need the model
-    chosen = None if config.sample.questions == AUTO else bake_questions(config, None, None, system_prompt)
-    carry = carries_prompts(config)
-    teacher_prompt = teacher_system_prompt(config, system_prompt)
-    model, tokenizer, source = load_base(config, merged=not carry)   # carrying: the teacher is the original base
-    if resume and (out / runfolder.QUESTIONS).is_file():   # the questions the killed run chose, not new ones
-        chosen = (*file_splits(str(out / runfolder.QUESTIONS)), None, runfolder.read_bake_json(out)["questions"])
-    train_q, heldout_q, question_records, question_summary = chosen or bake_questions(config, model, tokenizer,
-                                                                                     system_prompt, progress)
-    train_jobs = build_jobs(tokenizer, teacher_prompt, train_q, "train", config.sample.trajectories_per_question)
-    heldout_jobs = build_jobs(tokenizer, teacher_prompt, heldout_q, "heldout",
-                              config.sample.heldout_trajectories_per_question)
-    jobs = train_jobs + heldout_jobs
-    prompt_tokens = len(tokenizer(teacher_prompt, add_special_tokens=False)["input_ids"])
-    _check_context(model, jobs, config.sample.max_new_tokens, prompt_tokens)
-
-    with runfolder.run_lock(out):
-        progress_file = out / runfolder.SAMPLING_PROGRESS
-        if resume:
-            _terminate_torn_line(progress_file)
-            _update_status(out, status="running", stage="sampling")
-        else:
-            runfolder.prepare_out_dir(out, overwrite)
-            progress_file.unlink(missing_ok=True)
-            runfolder.atomic_write_text(out / runfolder.SYSTEM_PROMPT, system_prompt)
-            runfolder.atomic_write_text(out / runfolder.QUESTIONS, "".join(
-                json.dumps(r, ensure_ascii=False) + "\n" for r in question_records))
-            save_config(_absolute_paths(config), out / runfolder.CONFIG_YAML)
-            runfolder.atomic_write_json(out / runfolder.BAKE_JSON, {
-                "status": "running", "stage": "sampling",
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "model": vars(source),
-                "system_prompt": system_prompt,
-                "system_prompt_tokens": prompt_tokens,
-                "framing": describe_framing(tokenizer, teacher_prompt),
-                "teacher": {"system_prompt": teacher_prompt, "carries_prompts": carry,
-                            "model": "the original base model" if carry else "the base model with the --on chain "
-                                                                              "merged" if config.model.on else
-                            "the base model",
-                            "chain": [{"run": str(run.resolve()), "system_prompt":
-                                       (run / runfolder.SYSTEM_PROMPT).read_text(encoding="utf-8")}
-                                      for run, _ in chain_runs(config)]},
-                "seed": config.seed,
-                "config": _absolute_paths(config).to_dict(),
-                "questions": {"source": config.sample.questions, "train": train_q, "heldout": heldout_q,
-                              "mix": question_summary},
-                "versions": _versions(),
-            })
-        done = read_sampled(progress_file)   # by index into jobs (training jobs first)
-        top_k = config.train.teacher_top_k
-        # the training split's cache is top-k (train.teacher_top_k) or full; the held-out split's is always full
-        keep = {split: k for split, split_jobs, k in (("train", train_jobs, top_k), ("heldout", heldout_jobs, 0))
-                if keep_logits and not done and TeacherCache.fits(model, len(split_jobs) * config.sample.max_new_tokens,
-                                                                  config.train.teacher_cache_gb, k)}
-        try:
-            start = time.perf_counter()
-            teacher = {}
-            if config.sample.sampler == "vllm":
-                from .vllm_sampler import build_engine, sample_with_vllm
-
-                streams, engine = [], build_engine(source.folder, config.seed, top_k)
-                for split, split_jobs, seed, offset in (("train", train_jobs, 2 * config.seed + 1, 0),
-                                                        ("heldout", heldout_jobs, 2 * config.seed, len(train_jobs))):
-                    sampled, top = sample_with_vllm(source.folder, tokenizer, split_jobs, config.sample, seed, top_k,
-                                                    engine)
-                    append_sampled(progress_file, [(offset + i, t) for i, t in enumerate(sampled)])
-                    streams.append(sampled)
-                    if keep.get(split) and top is not None:   # vLLM gives top-k, never full logits
-                        teacher[split] = TeacherCache(top=top)
-            else:
-                # Both splits in one stream of batches (fuller batches); every trajectory has its own random stream,
-                # so the held-out trajectories depend only on the held-out questions and the seed, not on the
-                # training budget: bakes stay comparable.
-                sampled, kept = sample_trajectories(model, tokenizer, jobs, config.sample, config.seed, progress,
-                                                    keep, "sampling", done,
-                                                    lambda batch: append_sampled(progress_file, batch))
-                streams = [sampled[:len(train_jobs)], sampled[len(train_jobs):]]
-                if "train" in keep:
-                    part = kept[:len(train_jobs)]
-                    teacher["train"] = TeacherCache(top=part) if top_k else TeacherCache(logits=part)
-                if "heldout" in keep:
-                    teacher["heldout"] = TeacherCache(logits=kept[len(train_jobs):])
-            train, heldout = streams
-            if config.sample.turns > 1:   # later turns of the training dialogues; their teacher cache comes later
-                train = train + continue_dialogues(model, tokenizer, train, teacher_prompt, config.sample,
-                                                   config.seed, config.sample.turns, progress)
-                teacher.pop("train", None)
-            trajectories = train + heldout
-            seconds = time.perf_counter() - start
-            write_trajectories(out / runfolder.TRAJECTORIES, trajectories)
-            progress_file.unlink(missing_ok=True)
-        except BaseException as exc:
-            _update_status(out, status="failed", error=f"sampling: {exc!r}")
-            raise
-        if carry:   # the teacher's distributions are kept (or train_run computes them); the student is the chain
-            model = place(merge_chain(model, config), config.model.device, config.model.precision)
-        new_tokens = sum(len(t.completion_ids) for t in trajectories)
-        _update_status(out, status="running", stage="sampled", metrics={
-            "sampling_seconds": seconds, "sampled_tokens": new_tokens, "sampling_tokens_per_s": new_tokens / seconds,
-            "unfinished_trajectories": sum(not t.finished for t in trajectories),
-            "resumed_sampling_batches": bool(done)})
-        return (model, tokenizer, source), teacher
-
-
-def _absolute_paths(config: BakeConfig) -> BakeConfig:
-    """Paths in the config, made absolute for saving: config.yaml and bake.json then reload (resume, eval) from any
-    directory. Messages about the paths keep the user's own spelling, so only what is saved is converted."""
-    changes = {}
-    if config.sample.questions not in (AUTO, BUILTIN, ARITHMETIC):
-        changes["sample.questions"] = str(Path(config.sample.questions).expanduser().resolve())
-    for key, name in (("model.name", config.model.name), ("sample.question_model", config.sample.question_model)):
-        if name and Path(name).expanduser().exists():
-            changes[key] = str(Path(name).expanduser().resolve())
-    return override(config, changes) if changes else config
-
-
-def _terminate_torn_line(path: Path) -> None:
-    """A kill mid-write can leave the progress file without its last newline: end that line before appending."""
-    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-        with open(path, "ab") as handle:
-            handle.write(b"\n")
 
 
 def _cut_metrics(path: Path, step: int) -> None:

@@ -46,13 +46,6 @@ def teacher_system_prompt(config: BakeConfig, system_prompt: str) -> str:
     return PROMPT_SEPARATOR.join(earlier + [system_prompt])
 
 
-def root_config(config: BakeConfig) -> BakeConfig:
-    """The config of the chain's original base model (no `--on`)."""
-    from .config import override
-
-    return override(config, {"model.on": ""})
-
-
 def merge_chain(model, config: BakeConfig):
     """`model` (the original base) with every adapter of the chain merged into its weights, in baking order."""
     from peft import PeftModel
