@@ -27,8 +27,8 @@ TOLERANCE = 1e-5
 # Each scenario: (module, function, call number, what happens at that call, checkpoint the resume starts from).
 # 8 training + 2 held-out trajectories sampled in 5 batches of 2, then 8 steps of 2 (2 epochs), checkpoints every 2.
 SCENARIOS = {
-    "between sampling batches": ("promptbake.bake", "append_sampled", 3, "kill", None),
-    "mid-write of a sampled batch": ("promptbake.bake", "append_sampled", 3, "torn", None),
+    "between sampling batches": ("promptbake.sample_stage", "append_sampled", 3, "kill", None),
+    "mid-write of a sampled batch": ("promptbake.sample_stage", "append_sampled", 3, "torn", None),
     "mid-epoch": ("promptbake.train", "_step_loss", 5, "kill", "step-4"),
     "while writing a checkpoint": ("promptbake.checkpoint", "save_file", 2, "kill", "step-2"),
     "after the last step": ("promptbake.bake", "save_adapter", 1, "kill", "step-8"),
