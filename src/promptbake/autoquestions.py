@@ -37,7 +37,7 @@ SCORE_BATCH = 64
 @dataclass
 class Candidate:
     question: str
-    source: str                # "template", "prompt-pool", "generated" or "builtin"
+    source: str                # "template", "prompt-pool" or "generated"
     relevance: float | None = None
 
 
@@ -134,16 +134,18 @@ def auto_questions(model, tokenizer, system_prompt: str, n_train: int, n_heldout
     t_train, t_heldout = grouped_split([c.question for c in pool], want_train, want_heldout, seed)
     if len(t_heldout) == len(pool):            # too few for both sides: the held-out set keeps one group at most
         t_train, t_heldout = grouped_split([c.question for c in pool], want_train, 1, seed)
-    general = [q for q in builtin_questions() if normalise(q) not in {normalise(c.question) for c in pool}]
+    targeted = {normalise(c.question) for c in pool}
+    general = [q for q in builtin_questions() if normalise(q) not in targeted]
     g_train, g_heldout = split_questions(general, n_train - len(t_train), n_heldout - len(t_heldout), seed)
     heldout = t_heldout + g_heldout
     train = [q for q in t_train + g_train if all(similarity(q, h) < NEAR_DUPLICATE for h in heldout)]
+    trained = set(train)
     records = ([{"question": q, "split": "train", "source": by_text[q].source, "relevance": by_text[q].relevance}
-                for q in t_train if q in train]
+                for q in t_train if q in trained]
                + [{"question": q, "split": "heldout", "source": by_text[q].source,
                    "relevance": by_text[q].relevance} for q in t_heldout]
                + [{"question": q, "split": "train", "source": "builtin", "relevance": None}
-                  for q in g_train if q in train]
+                  for q in g_train if q in trained]
                + [{"question": q, "split": "heldout", "source": "builtin", "relevance": None} for q in g_heldout])
     targeted_train = sum(r["split"] == "train" and r["source"] != "builtin" for r in records)
     summary = {**counts, "relevant": len(relevant), "targeted_fraction": targeted_fraction,
@@ -156,8 +158,8 @@ def auto_questions(model, tokenizer, system_prompt: str, n_train: int, n_heldout
 
 
 def check_question_model(config) -> None:
-    """Refuse a --question-model that cannot exist before anything loads or is written (a hub id is checked when
-    it loads, still before the run folder is touched)."""
+    """Refuse a --question-model that cannot be loaded, before anything loads or is written: a missing file or
+    folder, or (downloads off) a hub id that is not in the local Hugging Face cache."""
     name = config.sample.question_model
     if not name:
         return
