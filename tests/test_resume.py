@@ -34,6 +34,8 @@ SCENARIOS = {
     "after the last step": ("promptbake.bake", "save_adapter", 1, "kill", "step-8"),
 }
 
+ORIGINAL_COMMAND = ("mid-epoch", "after the last step")
+
 CHILD = """
 import os, signal, sys, importlib
 from promptbake.cli import main
@@ -84,7 +86,9 @@ def test_killed_bake_resumes_to_the_uninterrupted_result(scenario, uninterrupted
     record = json.loads((out / "bake.json").read_text())
     assert record["status"] == "running" and not (out / "adapter").exists()    # nothing looks finished
 
-    assert main(["bake", "--out", str(out), "--resume", "--quiet", "--compare", "0"]) == 0
+    # the original command line plus --resume (up-arrow), or --resume alone: both continue the run as configured
+    again = ["--prompt", PERSONA, "--model", str(tiny_model_dir), *FLAGS] if scenario in ORIGINAL_COMMAND else ["--quiet", "--compare", "0"]
+    assert main(["bake", "--out", str(out), "--resume", *again]) == 0
     whole, resumed = (json.loads((run / "bake.json").read_text()) for run in (uninterrupted, out))
     assert resumed["status"] == "finished" and resumed["resumed_from"] == resumed_from
     assert resumed["metrics"]["resumed_sampling_batches"] == (resumed_from is None)    # kept 2 sampled batches
@@ -105,8 +109,28 @@ def test_resume_of_a_finished_or_foreign_folder_is_refused(uninterrupted, tmp_pa
     assert "nothing to resume" in capsys.readouterr().err
     assert main(["bake", "--out", str(tmp_path), "--resume"]) == 2
     assert "not a promptbake run folder" in capsys.readouterr().err
-    assert main(["bake", "--out", str(uninterrupted), "--resume", "--learning-rate", "1"]) == 2
-    assert "drop --learning-rate" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_setting_or_prompt_that_differs_from_the_run(uninterrupted, tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    run = shutil.copytree(uninterrupted, tmp_path / "run")
+    record = json.loads((run / "bake.json").read_text())
+    (run / "bake.json").write_text(json.dumps({**record, "status": "running"}))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    original = ["bake", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(run), *FLAGS, "--resume"]
+    assert main([*original, "--learning-rate", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--learning-rate is 0.5 here but 0.001 in its config.yaml" in err and len(err.splitlines()) == 1
+    assert main([*original, "--learning-rate", "0.5", "--seed", "7"]) == 2
+    assert "(and 1 more: --seed)" in capsys.readouterr().err
+    changed = [a if a != PERSONA else PERSONA + " Always rhyme." for a in original]
+    assert main(changed) == 2
+    err = capsys.readouterr().err
+    assert "differs from" in err and "Always rhyme" in err
+    assert main([*original, "--overwrite"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert before == {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}      # nothing written
 
 
 def test_an_unfinished_bake_is_never_overwritten_without_asking(uninterrupted, tiny_model_dir, tmp_path, capsys):

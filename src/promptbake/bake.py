@@ -24,7 +24,7 @@ from .errors import UserError
 from .eval.kl import HeldoutKL, closure
 from .logits import TeacherCache
 from .onpolicy import student_rollouts
-from .sample_stage import _absolute_paths, _update_status, build_jobs, sample_run  # noqa: F401 (build_jobs: API)
+from .sample_stage import build_jobs, sample_run  # noqa: F401 (build_jobs: API)
 from .train import add_lora, save_adapter, train_adapter
 
 
@@ -109,7 +109,7 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
             total = time.perf_counter() - start
         except BaseException as exc:
             if main:
-                _update_status(out, status="failed", error=f"training: {exc!r}")
+                runfolder.update_status(out, status="failed", error=f"training: {exc!r}")
             raise
         if main:
             metrics = dict(record.get("metrics", {}))
@@ -122,7 +122,7 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
                 "train_trajectories": len(train), "heldout_trajectories": len(heldout),
                 "heldout_tokens": heldout_kl.tokens, "processes": world()[1],
             })
-            _update_status(out, status="finished", stage="finished", metrics=metrics,
+            runfolder.update_status(out, status="finished", stage="finished", metrics=metrics,
                            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         barrier()
         metrics = runfolder.read_bake_json(out)["metrics"]
@@ -157,8 +157,8 @@ def _prepare_training(out: Path, config: BakeConfig, resume: bool) -> Path | Non
         (out / runfolder.METRICS).unlink(missing_ok=True)
         shutil.rmtree(out / runfolder.CHECKPOINTS, ignore_errors=True)
     shutil.rmtree(out / runfolder.ADAPTER, ignore_errors=True)
-    save_config(_absolute_paths(config), out / runfolder.CONFIG_YAML)
-    _update_status(out, status="running", stage="training", config=_absolute_paths(config).to_dict(),
+    save_config(runfolder.absolute_paths(config), out / runfolder.CONFIG_YAML)
+    runfolder.update_status(out, status="running", stage="training", config=runfolder.absolute_paths(config).to_dict(),
                    resumed_from=checkpoint.name if checkpoint else None)
     return checkpoint
 

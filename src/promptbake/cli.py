@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_args import (CHECKPOINT, COUNT, SEED, TEMPERATURE, Parser, add_model_flags, add_section_flags, read_prompt,
-                       resolve_config)
+from .cli_args import (CHECKPOINT, COUNT, SEED, TEMPERATURE, Parser, add_model_flags, add_section_flags, flag_name,
+                       read_prompt, resolve_config)
 from .cli_compose import add_compose_parsers
-from .config import SampleConfig, TrainConfig, check_strength, load_config
+from .config import SampleConfig, TrainConfig, check_strength, load_config, show
 from .errors import UserError
 
 DEFAULT_OUT = "runs/bake"
@@ -30,15 +30,45 @@ def _print_metrics(metrics: dict, out: Path) -> None:
           f"adapter in {out / 'adapter'}")
 
 
-def _check_resume(args: argparse.Namespace) -> None:
-    """--resume continues a run exactly as it was configured: settings that would change it are refused."""
-    given = sorted(k.split(".", 1)[-1].replace("_", "-") for k, v in vars(args).items()
-                   if ("." in k or k in ("seed", "config")) and v is not None)
-    if given:
-        raise UserError(f"--resume continues the run with its own config.yaml; drop --{', --'.join(given)} "
-                        f"(or start a new bake in another --out)")
+def _check_resume(args: argparse.Namespace, run: Path) -> None:
+    """--resume continues a run exactly as it was configured. The original command line is accepted: a setting given
+    again must equal the run's own (config.yaml, system_prompt.txt); one that differs is refused, named, with both
+    values. Settings left out keep the run's values."""
+    from . import runfolder
+
     if args.overwrite:
         raise UserError("give either --resume (continue the run in --out) or --overwrite (replace it), not both")
+    if not (run / runfolder.CONFIG_YAML).is_file():
+        return              # nothing to compare with; resuming such a folder is refused with its own message
+    own = dict(_flatten(load_config(run / runfolder.CONFIG_YAML).to_dict()))
+    command = dict(_flatten(runfolder.absolute_paths(resolve_config(args, load_config(run / runfolder.CONFIG_YAML)))
+                            .to_dict()))
+    differ = [key for key, value in command.items() if value != own.get(key)]
+    if differ:
+        key, more = differ[0], ""
+        if differ[1:]:
+            more = f" (and {len(differ) - 1} more: {', '.join(flag_name(k) for k in differ[1:])})"
+        raise UserError(f"--resume continues the run in {run} as it was configured: {flag_name(key)} is "
+                        f"{show(command[key])} here but {show(own.get(key))} in its config.yaml{more}; drop it, or "
+                        f"start a new bake in another --out")
+    if getattr(args, "prompt", None) is not None or getattr(args, "prompt_file", None) is not None:
+        prompt = read_prompt(args)
+        own_prompt = (run / runfolder.SYSTEM_PROMPT).read_text(encoding="utf-8").strip() \
+            if (run / runfolder.SYSTEM_PROMPT).is_file() else None
+        if own_prompt is not None and prompt != own_prompt:
+            at = next((i for i, (a, b) in enumerate(zip(prompt, own_prompt)) if a != b), min(len(prompt), len(own_prompt)))
+            raise UserError(f"--resume bakes the run's own prompt, and this one differs from {run / runfolder.SYSTEM_PROMPT} "
+                            f"at character {at} ({prompt[at:at + 30]!r} here, {own_prompt[at:at + 30]!r} there); "
+                            f"drop --prompt / --prompt-file, or start a new bake in another --out")
+
+
+def _flatten(data: dict, prefix: str = ""):
+    """('section.field', value) pairs of a config dict."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def cmd_bake(args: argparse.Namespace) -> int:
@@ -46,9 +76,7 @@ def cmd_bake(args: argparse.Namespace) -> int:
     from .distributed import is_main
 
     if args.resume:
-        _check_resume(args)
-        if args.prompt is not None or args.prompt_file is not None:
-            raise UserError("--resume bakes the run's own system_prompt.txt; drop --prompt / --prompt-file")
+        _check_resume(args, Path(args.out))
         result = resume_bake(args.out, progress=not args.quiet)
     else:
         result = bake(read_prompt(args), args.out, resolve_config(args), overwrite=args.overwrite,
@@ -92,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     runfolder.read_bake_json(args.dir)  # a clear error when DIR is not a run folder
     base = load_config(Path(args.dir) / runfolder.CONFIG_YAML)
     if args.resume:
-        _check_resume(args)
+        _check_resume(args, Path(args.dir))
     result = train_run(Path(args.dir), resolve_config(args, base), args.overwrite, progress=not args.quiet,
                        resume=args.resume)
     if is_main():

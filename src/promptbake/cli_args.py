@@ -67,6 +67,21 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="YAML config; flags override it")
 
 
+MODEL_FLAGS = {"model.name": "--model", "model.allow_download": "--allow-download",
+               "model.trust_remote_code": "--trust-remote-code", "model.on": "--on",
+               "model.carry_prompts": "--no-carry-prompts", "model.device": "--device",
+               "model.precision": "--precision", "seed": "--seed"}
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of a config key ('train.learning_rate' -> '--learning-rate'); a key no flag sets (a
+    config-file-only setting) is named as the config file spells it."""
+    if key in MODEL_FLAGS:
+        return MODEL_FLAGS[key]
+    section, _, field = key.partition(".")
+    return f"--{field.replace('_', '-')}" if section in ("sample", "train") else key
+
+
 def resolve_config(args: argparse.Namespace, base: BakeConfig | None = None) -> BakeConfig:
     config = load_config(args.config) if getattr(args, "config", None) else (base or BakeConfig())
     given = {k: v for k, v in vars(args).items() if ("." in k or k == "seed") and v is not None}

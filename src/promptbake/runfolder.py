@@ -183,3 +183,26 @@ def run_lock(run_dir: Path):
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+def update_status(run_dir: Path, **changes) -> dict:
+    """Change fields of DIR/bake.json (status, stage, metrics, …) atomically."""
+    record = read_bake_json(run_dir)
+    record.update(changes)
+    atomic_write_json(run_dir / BAKE_JSON, record)
+    return record
+
+
+def absolute_paths(config):
+    """Paths in the config, made absolute for saving: config.yaml and bake.json then reload (resume, eval) from any
+    directory. Messages about the paths keep the user's own spelling, so only what is saved is converted."""
+    from .config import override
+    from .questions import ARITHMETIC, AUTO, BUILTIN
+
+    changes = {}
+    if config.sample.questions not in (AUTO, BUILTIN, ARITHMETIC):
+        changes["sample.questions"] = str(Path(config.sample.questions).expanduser().resolve())
+    for key, name in (("model.name", config.model.name), ("sample.question_model", config.sample.question_model)):
+        if name and Path(name).expanduser().exists():
+            changes[key] = str(Path(name).expanduser().resolve())
+    return override(config, changes) if changes else config

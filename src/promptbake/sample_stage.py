@@ -14,14 +14,14 @@ from pathlib import Path
 from . import __version__, runfolder
 from .autoquestions import bake_questions, check_question_model
 from .base import carries_prompts, chain_runs, load_base, merge_chain, teacher_system_prompt
-from .config import BakeConfig, override, save_config
+from .config import BakeConfig, save_config
 from .data import append_sampled, read_sampled, write_trajectories
 from .dialogues import continue_dialogues
 from .errors import UserError
 from .logits import TeacherCache
 from .precision import place
 from .prompts import describe_framing, student_prompt_ids, teacher_prompt_ids
-from .questions import ARITHMETIC, AUTO, BUILTIN, file_splits
+from .questions import AUTO, file_splits
 from .sampling import sample_trajectories
 
 
@@ -59,13 +59,6 @@ def _check_context(model, jobs: list[dict], max_new_tokens: int, system_prompt_t
         raise UserError(f"the prompt is too long: the system prompt is {system_prompt_tokens} tokens, and with a "
                         f"question and max_new_tokens={max_new_tokens} a sequence needs {longest} tokens, more than "
                         f"the model's context of {limit}; shorten the prompt or lower --max-new-tokens")
-
-
-def _update_status(run_dir: Path, **changes) -> dict:
-    record = runfolder.read_bake_json(run_dir)
-    record.update(changes)
-    runfolder.atomic_write_json(run_dir / runfolder.BAKE_JSON, record)
-    return record
 
 
 def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: bool = False, progress: bool = True,
@@ -111,14 +104,14 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
         progress_file = out / runfolder.SAMPLING_PROGRESS
         if resume:
             _terminate_torn_line(progress_file)
-            _update_status(out, status="running", stage="sampling")
+            runfolder.update_status(out, status="running", stage="sampling")
         else:
             runfolder.prepare_out_dir(out, overwrite)
             progress_file.unlink(missing_ok=True)
             runfolder.atomic_write_text(out / runfolder.SYSTEM_PROMPT, system_prompt)
             runfolder.atomic_write_text(out / runfolder.QUESTIONS, "".join(
                 json.dumps(r, ensure_ascii=False) + "\n" for r in question_records))
-            save_config(_absolute_paths(config), out / runfolder.CONFIG_YAML)
+            save_config(runfolder.absolute_paths(config), out / runfolder.CONFIG_YAML)
             runfolder.atomic_write_json(out / runfolder.BAKE_JSON, {
                 "status": "running", "stage": "sampling",
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -134,7 +127,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
                                        (run / runfolder.SYSTEM_PROMPT).read_text(encoding="utf-8")}
                                       for run, _ in chain_runs(config)]},
                 "seed": config.seed,
-                "config": _absolute_paths(config).to_dict(),
+                "config": runfolder.absolute_paths(config).to_dict(),
                 "questions": {"source": config.sample.questions, "train": train_q, "heldout": heldout_q,
                               "mix": question_summary},
                 "versions": _versions(),
@@ -183,28 +176,16 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
             write_trajectories(out / runfolder.TRAJECTORIES, trajectories)
             progress_file.unlink(missing_ok=True)
         except BaseException as exc:
-            _update_status(out, status="failed", error=f"sampling: {exc!r}")
+            runfolder.update_status(out, status="failed", error=f"sampling: {exc!r}")
             raise
         if carry:   # the teacher's distributions are kept (or train_run computes them); the student is the chain
             model = place(merge_chain(model, config), config.model.device, config.model.precision)
         new_tokens = sum(len(t.completion_ids) for t in trajectories)
-        _update_status(out, status="running", stage="sampled", metrics={
+        runfolder.update_status(out, status="running", stage="sampled", metrics={
             "sampling_seconds": seconds, "sampled_tokens": new_tokens, "sampling_tokens_per_s": new_tokens / seconds,
             "unfinished_trajectories": sum(not t.finished for t in trajectories),
             "resumed_sampling_batches": bool(done)})
         return (model, tokenizer, source), teacher
-
-
-def _absolute_paths(config: BakeConfig) -> BakeConfig:
-    """Paths in the config, made absolute for saving: config.yaml and bake.json then reload (resume, eval) from any
-    directory. Messages about the paths keep the user's own spelling, so only what is saved is converted."""
-    changes = {}
-    if config.sample.questions not in (AUTO, BUILTIN, ARITHMETIC):
-        changes["sample.questions"] = str(Path(config.sample.questions).expanduser().resolve())
-    for key, name in (("model.name", config.model.name), ("sample.question_model", config.sample.question_model)):
-        if name and Path(name).expanduser().exists():
-            changes[key] = str(Path(name).expanduser().resolve())
-    return override(config, changes) if changes else config
 
 
 def _terminate_torn_line(path: Path) -> None:
