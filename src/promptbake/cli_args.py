@@ -36,6 +36,7 @@ def flag_type(name: str, parse, ok, rule: str):
 COUNT = flag_type("count", int, lambda n: n >= 1, "a whole number >= 1")
 TEMPERATURE = flag_type("temperature", float, lambda t: math.isfinite(t) and t >= 0, "a finite number >= 0")
 SEED = flag_type("seed", int, lambda s: 0 <= s < SEED_LIMIT, "a whole number in [0, 2**32)")
+PORT = flag_type("port", int, lambda p: 1 <= p <= 65535, "a port number in 1..65535")
 CHECKPOINT = flag_type("checkpoint", str, lambda c: re.fullmatch(r"step-\d+", c), "a checkpoint name like step-8")
 
 
