@@ -201,6 +201,40 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export_gguf import export_run
+
+    out = export_run(args.dir, args.format, args.out, args.checkpoint, check_strength(args.strength), args.quant,
+                     args.overwrite)
+    size = out.stat().st_size / 2**20
+    use = (f"llama-cli -m BASE.gguf --lora {out}  (or --lora-scaled {out} A)" if args.format == "gguf-lora"
+           else f"llama-cli -m {out}")
+    print(f"{args.format} written to {out} ({size:.1f} MiB); run it with {use}")
+    return 0
+
+
+def _add_export_parser(verbs) -> None:
+    from .export_gguf import FORMATS, MODEL_QUANTS
+
+    export_p = verbs.add_parser("export", help="write the bake as GGUF for llama.cpp: an adapter or a merged model",
+                                description="gguf-lora: the LoRA adapter as a llama.cpp adapter GGUF (load it over "
+                                            "the base GGUF with --lora). gguf: the merged model as one GGUF, with "
+                                            "the source GGUF's metadata (GGUF bases only).")
+    export_p.add_argument("dir", help="run folder of a finished bake")
+    export_p.add_argument("--format", required=True, choices=FORMATS, help="gguf-lora (adapter) or gguf (merged)")
+    export_p.add_argument("--out", required=True, help="the .gguf file to write")
+    export_p.add_argument("--quant", default=None, choices=MODEL_QUANTS,
+                          help="tensor type: gguf-lora f32 (default) | f16; gguf: source (default: the source "
+                               "file's own types) | f32 | f16 | q8_0 | q5_1 | q5_0 | q4_1 | q4_0")
+    export_p.add_argument("--checkpoint", type=CHECKPOINT, default=None,
+                          help="export checkpoints/step-N instead of the final adapter")
+    export_p.add_argument("--strength", default="1", metavar="A",
+                          help="adapter scale written into the file (default 1); llama.cpp's --lora-scaled scales "
+                               "it again at serving time")
+    export_p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    export_p.set_defaults(func=cmd_export)
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from .ui import serve
 
@@ -311,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge_p.add_argument("--strength", default="1", metavar="A", help="adapter scale to merge (default 1)")
     merge_p.add_argument("--overwrite", action="store_true", help="replace a merged model previously written to --out")
     merge_p.set_defaults(func=cmd_merge)
+    _add_export_parser(verbs)
     _add_ui_parser(verbs)
     return parser
 
