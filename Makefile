@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean llamacpp-wheel install-llamacpp test-llamacpp
 
 # torch is pinned to the CPU build that this machine's pip finds locally; a bare `torch` could pull a CUDA build.
 $(STAMP): pyproject.toml Makefile
@@ -23,6 +23,25 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# llama.cpp through llama-cpp-python, built from source once into a wheel cache. Not -march=native: that build of
+# 0.3.36 crashed on every prompt batch longer than one token on a CPU with AMX; AVX2 kernels run on Intel and AMD.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP := llama-cpp-python==$(LLAMA_CPP_VERSION)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+WHEELS ?= $(HOME)/.cache/promptbake/wheels
+
+llamacpp-wheel: $(STAMP)
+	mkdir -p $(WHEELS)
+	ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel -q --disable-pip-version-check --no-deps -w $(WHEELS) $(LLAMA_CPP)
+
+install-llamacpp: llamacpp-wheel
+	$(PY) -m pip install -q --disable-pip-version-check --find-links $(WHEELS) '$(LLAMA_CPP)' -e '.[llamacpp]'
+
+# The exports loaded by a real llama.cpp (tests marked llamacpp; `make test` leaves them out).
+test-llamacpp: install-llamacpp
+	$(PY) -m pytest -q -m llamacpp
 
 # The default bake phase by phase (time, tokens/s, GFLOP/s, peak memory, closure), then batched vs naive.
 bench: $(STAMP)

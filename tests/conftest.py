@@ -75,3 +75,17 @@ def tiny_bake_dir(tiny_model_dir, tmp_path_factory):
 def tiny_bake(tiny_bake_dir, tmp_path):
     """A private copy of the tiny bake that a test may write into (eval.json, report.html, ...)."""
     return shutil.copytree(tiny_bake_dir, tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def smol_bake_dir(tmp_path_factory):
+    """A short real bake of PERSONA on the embedded SmolLM2 GGUF (builtin questions: no question generation; about
+    half a minute). Shared: copy it before writing into it."""
+    from promptbake.cli import main
+
+    out = tmp_path_factory.mktemp("smol-bake") / "run"
+    assert main(["bake", "--prompt", PERSONA, "--out", str(out), "--compare", "0", "--quiet", "--questions", "builtin",
+                 "--train-questions", "8", "--heldout-questions", "2", "--trajectories-per-question", "1",
+                 "--heldout-trajectories-per-question", "1", "--max-new-tokens", "12", "--epochs", "1",
+                 "--batch-size", "4", "--learning-rate", "3e-3", "--checkpoint-every", "0"]) == 0
+    return out

@@ -115,19 +115,8 @@ def test_export_refuses_an_architecture_it_does_not_lay_out(tiny_bake, tmp_path,
     assert "'qwen2'" in err and "llama" in err
 
 
-@pytest.fixture(scope="module")
-def smol_bake(tmp_path_factory):
-    """A short real bake on the embedded SmolLM2 GGUF (builtin questions: no question generation)."""
-    out = tmp_path_factory.mktemp("smol") / "run"
-    assert main(["bake", "--prompt", PERSONA, "--out", str(out), "--compare", "0", "--quiet", "--questions", "builtin",
-                 "--train-questions", "8", "--heldout-questions", "2", "--trajectories-per-question", "1",
-                 "--heldout-trajectories-per-question", "1", "--max-new-tokens", "12", "--epochs", "1",
-                 "--batch-size", "4", "--learning-rate", "3e-3", "--checkpoint-every", "0"]) == 0
-    return out
-
-
 @pytest.mark.slow
-def test_merged_gguf_reads_back_as_the_baked_model(smol_bake, tmp_path, capsys):
+def test_merged_gguf_reads_back_as_the_baked_model(smol_bake_dir, tmp_path, capsys):
     """transformers loads the merged f32 GGUF (undoing llama.cpp's q/k row order) into the baked model's logits.
 
     The adapter is exported at strength 8, so a wrong row order or scale would move the logits far more than the
@@ -139,7 +128,7 @@ def test_merged_gguf_reads_back_as_the_baked_model(smol_bake, tmp_path, capsys):
     from promptbake.logits import adapter_disabled
 
     out = tmp_path / "merged.gguf"
-    assert main(["export", str(smol_bake), "--format", "gguf", "--out", str(out), "--quant", "f32",
+    assert main(["export", str(smol_bake_dir), "--format", "gguf", "--out", str(out), "--quant", "f32",
                  "--strength", "8"]) == 0
     assert "gguf written to" in capsys.readouterr().out
     reader = gguf.GGUFReader(out)
@@ -147,7 +136,7 @@ def test_merged_gguf_reads_back_as_the_baked_model(smol_bake, tmp_path, capsys):
     assert fields["general.architecture"] == "llama" and "tokenizer.chat_template" in fields
     assert {t.tensor_type.name for t in reader.tensors} == {"F32"}
     merged = AutoModelForCausalLM.from_pretrained(out.parent, gguf_file=out.name, dtype=torch.float32).eval()
-    baked = load_baked(smol_bake, strength=8)
+    baked = load_baked(smol_bake_dir, strength=8)
     ids = baked.tokenizer("Where do you live? Tell me about your home.", return_tensors="pt").input_ids
     with torch.no_grad():
         got = merged(ids).logits
@@ -156,3 +145,19 @@ def test_merged_gguf_reads_back_as_the_baked_model(smol_bake, tmp_path, capsys):
             base = baked.model(ids).logits
     assert (want - base).abs().max() > 1.0
     assert (got - want).abs().max() < 1e-2, (got - want).abs().max()
+
+
+@pytest.mark.slow
+def test_merged_gguf_says_how_much_of_the_bake_its_quantisation_keeps(smol_bake_dir, tmp_path, capsys):
+    """Re-quantising to the source's 4-bit type rounds most of a small bake's weight change away, q8_0 keeps it;
+    the export says so (the share is measured on the written tensors)."""
+    kept = {}
+    for quant in ("source", "q8_0"):
+        assert main(["export", str(smol_bake_dir), "--format", "gguf", "--out", str(tmp_path / f"{quant}.gguf"),
+                     "--quant", quant]) == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        kept[quant] = float(line.split("keep ")[1].split("%")[0]) / 100
+        assert ("rounded away" in line) == (kept[quant] <= 0.9), line
+    reader = gguf.GGUFReader(tmp_path / "source.gguf")
+    assert {t.tensor_type.name for t in reader.tensors} == {"Q4_1", "Q8_0", "F32"}   # the source file's own types
+    assert kept["source"] < 0.5 < 0.95 < kept["q8_0"], kept

@@ -204,12 +204,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export_gguf import export_run
 
-    out = export_run(args.dir, args.format, args.out, args.checkpoint, check_strength(args.strength), args.quant,
-                     args.overwrite)
+    out, kept = export_run(args.dir, args.format, args.out, args.checkpoint, check_strength(args.strength),
+                           args.quant, args.overwrite)
     size = out.stat().st_size / 2**20
     use = (f"llama-cli -m BASE.gguf --lora {out}  (or --lora-scaled {out} A)" if args.format == "gguf-lora"
            else f"llama-cli -m {out}")
     print(f"{args.format} written to {out} ({size:.1f} MiB); run it with {use}")
+    if kept is not None:
+        print(f"its tensor types keep {kept:.1%} of the bake's weight change"
+              + ("" if kept > 0.9 else "; most of the bake is rounded away: export with --quant q8_0 (or f16), or "
+                                       "serve the source GGUF with --format gguf-lora"))
     return 0
 
 

@@ -238,8 +238,13 @@ def _copy_metadata(reader, writer, record: str) -> None:
     writer.add_string(EXPORT_RECORD_KEY, record)
 
 
-def export_merged(plan: ExportPlan, out: Path, quant: str, record: str) -> dict[str, int]:
-    """Write base + adapter as one GGUF with the source file's metadata; returns the count of tensors per type."""
+def export_merged(plan: ExportPlan, out: Path, quant: str, record: str) -> float:
+    """Write base + adapter as one GGUF with the source file's metadata.
+
+    Returns:
+        The share of the adapter's weight change that survives the written tensor type: Σ⟨W_out − W_src, ΔW⟩ / Σ‖ΔW‖²
+        over the merged tensors (1 = all of it; a 4-bit type rounds most of a small bake's change away).
+    """
     import gguf
     from gguf.quants import dequantize, quantize
 
@@ -257,7 +262,7 @@ def export_merged(plan: ExportPlan, out: Path, quant: str, record: str) -> dict[
         raise UserError(f"{plan.base_gguf} has no tensor {missing[0]} that the adapter changes; export the adapter "
                         f"(--format gguf-lora) for the base it was baked on")
     source_type = reader.tensors[[t.name for t in reader.tensors].index(next(iter(targets)))].tensor_type
-    counts: dict[str, int] = {}
+    kept = [0.0, 0.0]   # Σ⟨written − source, delta⟩, Σ‖delta‖²
 
     def convert(tensor):
         """(array, raw dtype) to write for one source tensor."""
@@ -267,13 +272,21 @@ def export_merged(plan: ExportPlan, out: Path, quant: str, record: str) -> dict[
         want = kind if quant == "source" or kind == gguf.GGMLQuantizationType.F32 else _qtype(quant)
         if not merge and want == kind:
             return tensor.data, kind
-        weights = dequantize(tensor.data, kind).astype(np.float32)   # [out, in]
+        source = dequantize(tensor.data, kind).astype(np.float32)   # [out, in]
+        delta = 0
         if merge:
             pair = gguf_delta(plan, targets[tensor.name])
-            weights = weights + pair.b @ pair.a
+            delta = pair.b @ pair.a
         if want in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-            return weights.astype(np.float32 if want == gguf.GGMLQuantizationType.F32 else np.float16), want
-        return quantize(weights, want), want
+            data = (source + delta).astype(np.float32 if want == gguf.GGMLQuantizationType.F32 else np.float16)
+            written = data.astype(np.float32)
+        else:
+            data = quantize(source + delta, want)
+            written = dequantize(data, want)
+        if merge:
+            kept[0] += float(((written - source) * delta).sum())
+            kept[1] += float((delta * delta).sum())
+        return data, want
 
     def fill(path: str) -> None:
         writer = gguf.GGUFWriter(path, plan.architecture)
@@ -287,7 +300,6 @@ def export_merged(plan: ExportPlan, out: Path, quant: str, record: str) -> dict[
             writer.add_file_type(file_type)
         for tensor in reader.tensors:
             data, kind = convert(tensor)
-            counts[kind.name] = counts.get(kind.name, 0) + 1
             if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) and data.dtype != np.uint8:
                 writer.add_tensor(tensor.name, np.ascontiguousarray(data))
             else:
@@ -298,18 +310,20 @@ def export_merged(plan: ExportPlan, out: Path, quant: str, record: str) -> dict[
         writer.close()
 
     _write_atomic(out, fill)
-    return counts
+    return kept[0] / kept[1] if kept[1] else 1.0
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path, checkpoint: str | None = None, strength: float = 1.0,
-               quant: str | None = None, overwrite: bool = False) -> Path:
-    """Export a finished bake as GGUF (see the module docstring); returns the written file.
+               quant: str | None = None, overwrite: bool = False) -> tuple[Path, float | None]:
+    """Export a finished bake as GGUF (see the module docstring).
 
     Args:
         fmt: "gguf-lora" (an adapter for the base GGUF) or "gguf" (the merged model, GGUF bases only).
         strength: the adapter scale baked into the file (the last link of a chain only; earlier links stay at 1).
         quant: gguf-lora: f32 (default) or f16; gguf: source (default: the source file's own types), f32, f16,
             q8_0, q5_1, q5_0, q4_1, q4_0.
+    Returns:
+        The written file, and for `gguf` the share of the weight change its tensor type kept (export_merged).
     """
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -323,6 +337,5 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, checkpoint: str |
     record = _record(plan, fmt, checkpoint, check_strength(strength), quant)
     if fmt == "gguf-lora":
         export_lora(plan, out, quant, record)
-    else:
-        export_merged(plan, out, quant, record)
-    return out
+        return out, None
+    return out, export_merged(plan, out, quant, record)
