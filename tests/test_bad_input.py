@@ -483,3 +483,38 @@ def test_any_number_for_the_eval_settings_is_accepted_or_one_user_error_line(val
     assert options.temperature is None or (math.isfinite(options.temperature) and options.temperature >= 0)
     assert 0 <= options.seed < 2**32 and all(getattr(options, k) is None or getattr(options, k) >= 1
                                              for k in ("samples", "turns", "dialogues", "problems", "limit"))
+
+
+@pytest.fixture(scope="module")
+def neox_dir(tmp_path_factory):
+    """A tiny GPT-NeoX (a base model: no chat template, fused query_key_value)."""
+    from families import build_family
+
+    return build_family("gpt_neox", tmp_path_factory.mktemp("neox"))
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--target-modules", "q_proj,v_proj"], "--target-modules q_proj, v_proj are not linear layers of this gpt_neox "
+                                            "model; its decoder's linear layers are dense, dense_4h_to_h, "
+                                            "dense_h_to_4h, query_key_value"),
+    (["--turns", "3"], "--turns 3 needs a chat template"),
+])
+def test_family_mismatches_are_refused_before_sampling(neox_dir, tmp_path, capsys, flags, fragment):
+    out = tmp_path / "run"
+    assert main(["bake", "--prompt", PERSONA, "--model", str(neox_dir), "--out", str(out), "--questions", "builtin",
+                 "--quiet", *flags]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("promptbake: error:")]
+    assert len(errors) == 1 and fragment in errors[0], errors   # (transformers' loading bar may precede it)
+    assert not out.exists()
+
+
+def test_an_architecture_transformers_does_not_know_is_named(neox_dir, tmp_path, capsys):
+    import json
+
+    folder = shutil.copytree(neox_dir, tmp_path / "unknown")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="zorblformer", architectures=["ZorblForCausalLM"])
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["bake", "--prompt", PERSONA, "--model", str(folder), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "model_type 'zorblformer', which transformers" in err and err.count("\n") == 1, err

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from .config import SampleConfig
-from .data import Trajectory, collate
+from .data import Trajectory
 from .errors import UserError
-from .logits import adapter_disabled, completion_logits
+from .logits import adapter_disabled, collate_for, completion_logits
 from .losses import per_token_kl
 from .prompts import student_prompt_ids, teacher_prompt_ids, stop_token_ids
 from .models import load_model, resolve_model
@@ -79,7 +79,7 @@ def relevance(model, tokenizer, system_prompt: str, questions: list[str],
             rows = [Trajectory(question=questions[i], split="score", sample_index=0, teacher_prompt_ids=teacher[i],
                                student_prompt_ids=student_prompt_ids(tokenizer, questions[i]), completion_ids=ids,
                                text="", finished=done) for i, (ids, done) in zip(batch, out)]
-            collated = collate(rows, pad)
+            collated = collate_for(model, rows, pad)
             student = completion_logits(model, collated, "student")                 # [B, C, V]
             for j, (i, row) in enumerate(zip(batch, rows)):
                 n = len(row.completion_ids)

@@ -134,18 +134,19 @@ def _left_pad_rows(prompts: list[list[int]], completions: list[list[int]], pad_i
     return ids_t, mask_t, positions
 
 
-def collate(trajectories: list[Trajectory], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(trajectories: list[Trajectory], pad_id: int, share_prefix: bool = True) -> dict[str, torch.Tensor]:
     """Aligned batch: teacher_* / student_* inputs [B, L], completion_ids and completion_mask [B, C].
 
     Where a side's prompts share a prefix (shared_prefix_length), it is held apart as `{side}_prefix_ids` [1, S]
     and `{side}_input_ids` holds the rest; `{side}_attention_mask` is [B, S + L] (see logits.completion_logits).
+    share_prefix=False (logits.collate_for, for sliding-window models) keeps every prompt whole and left-padded.
     """
     completions = [t.completion_ids for t in trajectories]
     width_c = max(len(c) for c in completions)
     batch = {}
     for side in ("teacher", "student"):
         prompts = [getattr(t, f"{side}_prompt_ids") for t in trajectories]
-        shared = shared_prefix_length(prompts)
+        shared = shared_prefix_length(prompts) if share_prefix else 0
         if shared:
             batch[f"{side}_prefix_ids"] = torch.tensor([prompts[0][:shared]])
         ids, mask, positions = _left_pad_rows(prompts, completions, pad_id, shared)

@@ -14,8 +14,10 @@ was 30 % of a decoding step (torch.profiler, SmolLM2-135M). `RoomyLayer` writes 
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from .precision import autocast, device_of
 
@@ -57,6 +59,24 @@ class RoomyLayer(DynamicLayer):
         layer._allocate(rows, keys, values)
         layer.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
         return layer
+
+
+_FALLBACK: dict[int, tuple] = {}   # id(config) -> (weak reference to it, reason or None); configs are unhashable
+
+
+def cache_fallback(config) -> str | None:
+    """Why this model's KV cache cannot be RoomyLayers or a repeated prefix cache, or None where it can.
+
+    Both assume every layer keeps every position (transformers' plain DynamicLayer). A sliding-window layer
+    (Gemma 2/3, Mistral or Qwen2 with a window) keeps only its window, so a prefix computed once would lose the
+    positions before it; such models decode with transformers' own cache and run prompts whole."""
+    known = _FALLBACK.get(id(config))
+    if known and known[0]() is config:
+        return known[1]
+    kinds = sorted({type(layer).__name__ for layer in DynamicCache(config=config).layers} - {"DynamicLayer"})
+    reason = f"its KV cache has {', '.join(kinds)} layers (sliding-window attention)" if kinds else None
+    _FALLBACK[id(config)] = (weakref.ref(config), reason)
+    return reason
 
 
 def roomy_cache(model, prefix: list[int], rows: int, room: int) -> Cache:

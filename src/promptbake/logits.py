@@ -7,6 +7,7 @@ import weakref
 import torch
 
 from .data import collate, micro_batches
+from .decode import cache_fallback
 from .losses import per_token_kl, per_token_kl_topk
 from .precision import autocast, device_of
 
@@ -25,11 +26,20 @@ def _forward(module, batch: dict[str, torch.Tensor], side: str, **kwargs):
     its keys and values repeated for every row; gradients flow back through that cache into the prefix."""
     prefix = batch.get(f"{side}_prefix_ids")
     cache = None
+    if prefix is not None and cache_fallback(module.config):
+        raise ValueError(f"a shared prefix on a model whose {cache_fallback(module.config)}; batch with collate_for")
     if prefix is not None:
         cache = module(input_ids=prefix, use_cache=True).cache
         cache.batch_repeat_interleave(batch[f"{side}_input_ids"].shape[0])
     return module(input_ids=batch[f"{side}_input_ids"], attention_mask=batch[f"{side}_attention_mask"],
                   position_ids=batch[f"{side}_position_ids"], cache=cache, use_cache=cache is not None, **kwargs)
+
+
+def collate_for(model, trajectories, pad_id: int) -> dict[str, torch.Tensor]:
+    """data.collate for this model: the shared prompt prefix is held apart only where its KV cache keeps every
+    position (decode.cache_fallback). A sliding window counts padding between a prefix and a row's own tokens as
+    context, so sliding-window models get whole left-padded prompts."""
+    return collate(trajectories, pad_id, share_prefix=cache_fallback(model.config) is None)
 
 
 def completion_logits(model, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
@@ -128,7 +138,7 @@ class TeacherCache:
         """Run the teacher once over `trajectories` (micro-batches of `token_budget` tokens)."""
         kept: list = [None] * len(trajectories)
         for group in micro_batches(trajectories, token_budget):
-            batch = collate([trajectories[i] for i in group], pad_id)
+            batch = collate_for(model, [trajectories[i] for i in group], pad_id)
             full = teacher_logits(model, batch)                                  # [B, C, V]
             for row, i in enumerate(group):
                 rows = full[row, : len(trajectories[i].completion_ids)]

@@ -7,6 +7,7 @@ because transformers marks a GGUF-loaded model as quantized and then refuses to 
 from __future__ import annotations
 
 import hashlib
+import json
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -94,6 +95,13 @@ def resolve_model(name: str) -> ModelSource:
     return ModelSource(name, "hub", name)
 
 
+def _model_type(folder: str) -> str:
+    try:
+        return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("model_type", "?")
+    except (OSError, ValueError):
+        return "?"
+
+
 def load_model(name: str, allow_download: bool = False, trust_remote_code: bool = False):
     """Load (model, tokenizer, source). Offline unless `allow_download`; float32; left padding for generation."""
     import torch
@@ -121,6 +129,13 @@ def load_model(name: str, allow_download: bool = False, trust_remote_code: bool 
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
             raise UserError(f"model {name!r} needs its own code; rerun with --trust-remote-code if you trust it") from None
+        if "does not recognize this architecture" in str(exc):
+            import transformers
+
+            raise UserError(f"model {name!r} has model_type {_model_type(source.folder)!r}, which transformers "
+                            f"{transformers.__version__} does not know; bake a model of a family it knows (llama, "
+                            f"qwen2, gemma2, mistral, phi3, ...), upgrade transformers, or pass --trust-remote-code "
+                            f"if the model ships its own code") from None
         raise UserError(f"cannot load model {name!r}: {exc}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

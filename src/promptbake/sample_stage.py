@@ -18,11 +18,13 @@ from .config import BakeConfig, save_config
 from .data import append_sampled, read_sampled, write_trajectories
 from .dialogues import continue_dialogues
 from .errors import UserError
+from .fast_paths import describe_fast_paths, fallbacks
 from .logits import TeacherCache
 from .precision import place
-from .prompts import describe_framing, student_prompt_ids, teacher_prompt_ids
+from .prompts import describe_framing, framing_kind, student_prompt_ids, teacher_prompt_ids
 from .questions import AUTO, file_splits
 from .sampling import sample_trajectories
+from .train import check_target_modules
 
 
 def _versions() -> dict:
@@ -89,6 +91,13 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     carry = carries_prompts(config)
     teacher_prompt = teacher_system_prompt(config, system_prompt)
     model, tokenizer, source = load_base(config, merged=not carry)   # carrying: the teacher is the original base
+    check_target_modules(model, config.train)   # before minutes of sampling, not after
+    if config.sample.turns > 1 and framing_kind(tokenizer) == "plain_prefix":
+        raise UserError(f"--turns {config.sample.turns} needs a chat template to mark whose turn is whose, and this "
+                        f"model's tokenizer has none; bake single-turn (--turns 1) or use a chat model")
+    paths = describe_fast_paths(model)
+    for line in fallbacks(paths) if progress else []:
+        print(f"promptbake: {line}", flush=True)
     if resume and (out / runfolder.QUESTIONS).is_file():   # the questions the killed run chose, not new ones
         chosen = (*file_splits(str(out / runfolder.QUESTIONS)), None, runfolder.read_bake_json(out)["questions"])
     train_q, heldout_q, question_records, question_summary = chosen or bake_questions(config, model, tokenizer,
@@ -119,6 +128,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
                 "system_prompt": system_prompt,
                 "system_prompt_tokens": prompt_tokens,
                 "framing": describe_framing(tokenizer, teacher_prompt),
+                "fast_paths": paths,
                 "teacher": {"system_prompt": teacher_prompt, "carries_prompts": carry,
                             "model": "the original base model" if carry else "the base model with the --on chain "
                                                                               "merged" if config.model.on else

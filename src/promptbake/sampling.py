@@ -15,7 +15,7 @@ from transformers import GenerationConfig
 
 from .config import SampleConfig
 from .data import Trajectory, shared_prefix_length
-from .decode import decode, roomy_cache
+from .decode import cache_fallback, decode, roomy_cache
 from .prompts import stop_token_ids
 
 
@@ -62,12 +62,14 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
     Returns (results, kept): results holds (ids, finished) per prompt; kept holds what `keep` asked for, per
     prompt (None where nothing was kept); kept is None without `keep`.
     """
-    shared = shared_prefix_length(prompts) if share_prefix else 0
+    plain_cache = cache_fallback(model.config) is None   # else transformers' own cache, prompts run whole
+    shared = shared_prefix_length(prompts) if share_prefix and plain_cache else 0
     own = [p[shared:] for p in prompts]
     width = max(len(p) for p in own)
     input_ids = torch.tensor([prompts[0][:shared] + [pad_id] * (width - len(p)) + p for p in own])
     attention_mask = torch.tensor([[1] * shared + [0] * (width - len(p)) + [1] * len(p) for p in own])
-    cache = roomy_cache(model, prompts[0][:shared], len(prompts), shared + width + gen_config.max_new_tokens)
+    cache = roomy_cache(model, prompts[0][:shared], len(prompts), shared + width + gen_config.max_new_tokens
+                        ) if plain_cache else None
     temperature = gen_config.temperature if gen_config.do_sample else 0.0
     generators = [torch.Generator().manual_seed(seed) for seed in seeds] if seeds is not None else None
     keep = keep if keep is not None and any(k is not None for k in keep) else None

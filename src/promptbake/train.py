@@ -13,18 +13,33 @@ from tqdm.auto import tqdm
 from . import runfolder
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, layer_range
-from .data import Trajectory, collate, micro_batches
+from .data import Trajectory, micro_batches
 from .distributed import is_main, sum_gradients, sum_scalar, world
 from .errors import UserError
 from .eval.kl import HeldoutKL
-from .logits import TeacherCache, completion_hidden, completion_logits, plain_head, teacher_logits
+from .logits import TeacherCache, collate_for, completion_hidden, completion_logits, plain_head, teacher_logits
 from .lora_fused import fuse_lora
 from .onpolicy import is_on_policy
 from .losses import head_kl_topk, masked_sum, per_token_kl
 
 
+def check_target_modules(model, cfg: TrainConfig) -> None:
+    """Refuse --target-modules names that are not linear layers of this model's decoder, naming the ones it has."""
+    if cfg.target_modules == "all-linear":
+        return
+    wanted = [name.strip() for name in cfg.target_modules.split(",") if name.strip()]
+    available = _decoder_linear_names(model)
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        what = "is not a linear layer" if len(missing) == 1 else "are not linear layers"
+        raise UserError(f"--target-modules {', '.join(missing)} {what} of this {model.config.model_type} model; its "
+                        f"decoder's linear layers are "
+                        f"{', '.join(available)} (or pass all-linear)")
+
+
 def add_lora(model, cfg: TrainConfig, seed: int):
     """Wrap `model` in a fresh LoRA adapter (B = 0, so it starts as the base model); seeded A init."""
+    check_target_modules(model, cfg)
     targets = cfg.target_modules if cfg.target_modules == "all-linear" else [
         name.strip() for name in cfg.target_modules.split(",") if name.strip()]
     layers = layer_range(cfg.lora_layers)
@@ -70,7 +85,7 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) ->
 def _step_loss(model, train: list[Trajectory], group: list[int], pad_id: int, direction: str, step_tokens: int,
                cache: TeacherCache | None) -> tuple[float, int]:
     """Forward + backward of one micro-batch; the loss is scaled so a step's gradients sum to a per-token mean."""
-    batch = collate([train[i] for i in group], pad_id)
+    batch = collate_for(model, [train[i] for i in group], pad_id)
     head = plain_head(model) if cache is not None and cache.top_k and direction == "forward" else None
     if head is not None:                                          # LM head and KL fused, on real positions only
         hidden = completion_hidden(model, batch, "student")

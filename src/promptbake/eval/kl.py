@@ -5,8 +5,8 @@ import contextlib
 
 import torch
 
-from ..data import Trajectory, collate, micro_batches
-from ..logits import TeacherCache, adapter_disabled, completion_hidden, completion_logits, plain_head
+from ..data import Trajectory, micro_batches
+from ..logits import TeacherCache, adapter_disabled, collate_for, completion_hidden, completion_logits, plain_head
 from ..losses import per_token_kl
 
 
@@ -30,7 +30,7 @@ class HeldoutKL:
                  teacher: TeacherCache | None = None):
         teacher = teacher or TeacherCache.compute(model, trajectories, pad_id, token_budget)
         groups = micro_batches(trajectories, token_budget)
-        self.batches = [collate([trajectories[i] for i in group], pad_id) for group in groups]
+        self.batches = [collate_for(model, [trajectories[i] for i in group], pad_id) for group in groups]
         # per group: the teacher's logits at its real completion tokens [N, V], in (sequence, position) order,
         # and each token's position in its completion [N]
         self.teacher = [torch.cat([teacher.logits[i] for i in group]).float() for group in groups]
