@@ -76,3 +76,44 @@ def build_family(name: str, folder: Path) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def write_qwen2_gguf(model_dir: Path, path: Path) -> Path:
+    """The tiny Qwen2 of `model_dir` as a float32 GGUF: llama.cpp's tensor names for qwen2 (no row reordering: only
+    llama-architecture GGUFs reorder q/k), its hyperparameter keys, and the embedded GGUF's tokenizer metadata."""
+    import gguf
+
+    from promptbake.models import embedded_gguf_path
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = model.config
+    arch = gguf.MODEL_ARCH.QWEN2
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch])
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]) if getattr(config, "rope_parameters", None)
+                              else float(config.rope_theta))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    source = gguf.GGUFReader(embedded_gguf_path())
+    for key, field in source.fields.items():
+        if key.startswith("tokenizer."):
+            vtype = field.types[0]
+            writer.add_key_value(key, field.contents(), vtype,
+                                 sub_type=field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None)
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        assert gguf_name, name
+        writer.add_tensor(gguf_name, tensor.numpy().astype("float32"))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
