@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import shutil
 
+from families import random_model
 from promptbake.data import Trajectory
 from promptbake.models import EMBEDDED_NAME, load_model, resolve_model
 from promptbake.prompts import student_prompt_ids, teacher_prompt_ids
@@ -25,12 +25,7 @@ def tiny_model_dir(tmp_path_factory):
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # larger weights than the default init, so distributions differ visibly between prompts
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0, 0.3)
+    model = random_model(LlamaForCausalLM, config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

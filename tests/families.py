@@ -51,6 +51,17 @@ FAMILIES = {
 }
 
 
+def random_model(build, config):
+    """build(config) seeded, with larger weights than the default init, so prompts visibly change the distribution."""
+    torch.manual_seed(0)
+    model = build(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.3)
+    return model
+
+
 def tokenizer_for(template: str | None):
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(EMBEDDED_NAME).folder)
     if template == "":
@@ -67,12 +78,7 @@ def build_family(name: str, folder: Path) -> Path:
     kwargs = dict(COMMON, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
     config = getattr(transformers, config_class)(**kwargs)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    with torch.no_grad():   # larger weights than the default init, so prompts visibly change the distribution
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0, 0.3)
+    model = random_model(AutoModelForCausalLM.from_config, config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
