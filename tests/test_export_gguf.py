@@ -99,20 +99,20 @@ def test_export_refusals(tiny_bake, tmp_path, capsys):
 
 
 def test_export_refuses_an_architecture_it_does_not_lay_out(tiny_bake, tmp_path, capsys):
-    """A base whose model_type has no GGUF layout here (say a Qwen2 model) is refused before anything is written."""
+    """A base whose model_type has no GGUF layout here (say a Gemma 2 model) is refused before anything is written."""
     record = json.loads((tiny_bake / "bake.json").read_text())
-    model_dir = tmp_path / "qwen-like"
+    model_dir = tmp_path / "gemma-like"
     import shutil
 
     shutil.copytree(record["config"]["model"]["name"], model_dir)
     config = json.loads((model_dir / "config.json").read_text())
-    config["model_type"] = "qwen2"
+    config["model_type"] = "gemma2"
     (model_dir / "config.json").write_text(json.dumps(config))
     record["config"]["model"]["name"] = str(model_dir)
     (tiny_bake / "bake.json").write_text(json.dumps(record))
     err = _one_line_error(capsys, ["export", str(tiny_bake), "--format", "gguf-lora",
                                    "--out", str(tmp_path / "q.gguf")])
-    assert "'qwen2'" in err and "llama" in err
+    assert "'gemma2'" in err and "llama, qwen2" in err
 
 
 @pytest.mark.slow

@@ -122,3 +122,29 @@ def test_llama_cpp_server_serves_the_adapter(exported):
         server.wait(30)
     served = answer["choices"][0]["message"]["content"]
     assert served.split()[:5] == opening["adapter"], (served, expected)
+
+
+def test_llama_cpp_applies_a_qwen2_adapter(tmp_path):
+    """A second GGUF architecture (qwen2: no q/k row reordering): a tiny Qwen2 written as GGUF, baked, its adapter
+    exported and loaded by llama.cpp agrees with promptbake as the two runtimes agree on the base."""
+    from families import build_family, write_qwen2_gguf
+
+    from conftest import PERSONA, TINY_BAKE_FLAGS
+    from promptbake.baked import load_baked
+    from promptbake.data import read_trajectories
+
+    base = write_qwen2_gguf(build_family("qwen2", tmp_path / "qwen2"), tmp_path / "tiny-qwen2.gguf")
+    run = tmp_path / "run"
+    flags = list(TINY_BAKE_FLAGS)
+    flags[flags.index("--epochs") + 1] = "3"
+    assert main(["bake", "--prompt", PERSONA, "--model", str(base), "--out", str(run), "--compare", "0",
+                 "--questions", "builtin", "--learning-rate", "0.02", *flags]) == 0
+    adapter = tmp_path / "adapter.gguf"
+    assert main(["export", str(run), "--format", "gguf-lora", "--out", str(adapter), "--strength", "4"]) == 0
+    baked = load_baked(run, strength=4)
+    trajectories = read_trajectories(run / "trajectories.jsonl")[:4]
+    runtimes = _compare(baked, base, trajectories, adapter=False)
+    ignored = _compare(baked, base, trajectories)
+    with_adapter = _compare(baked, base, trajectories, lora=adapter)
+    assert ignored["kl"] > 10 * max(runtimes["kl"], 1e-4), (ignored, runtimes)
+    assert with_adapter["kl"] < 3 * runtimes["kl"] + 0.01, (with_adapter, runtimes, ignored)

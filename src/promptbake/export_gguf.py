@@ -33,7 +33,8 @@ from .errors import UserError
 FORMATS = ("gguf-lora", "gguf")
 ADAPTER_QUANTS = ("f32", "f16")
 MODEL_QUANTS = ("source", "f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
-ARCHITECTURES = {"llama": "llama"}   # Hugging Face model_type -> GGUF architecture whose layout is handled here
+ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2"}   # Hugging Face model_type -> GGUF architecture handled here
+ROPE_REORDERED = {"llama"}   # GGUF architectures whose q/k rows llama.cpp's converter reorders
 EXPORT_RECORD_KEY = "promptbake.export"   # a GGUF metadata key: what was exported, from which run
 
 
@@ -149,6 +150,8 @@ def gguf_name(tensor_map, module: str) -> str:
 
 def _heads(plan: ExportPlan, module: str) -> int | None:
     """Heads whose rotary rows to reorder for this module's output (q: attention heads, k: key/value heads)."""
+    if plan.architecture not in ROPE_REORDERED:
+        return None
     heads = plan.model_config["num_attention_heads"]
     if module.endswith("self_attn.q_proj"):
         return heads
