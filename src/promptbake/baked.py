@@ -105,9 +105,7 @@ class BakedModel:
         return self.with_strength(self.strength)
 
     def checkpoints(self) -> list[str]:
-        folder = self.run_dir / runfolder.CHECKPOINTS
-        names = [p.name for p in folder.glob("step-*") if p.is_dir()] if folder.is_dir() else []
-        return sorted(names, key=lambda n: int(n.split("-")[1]))
+        return runfolder.checkpoint_names(self.run_dir)
 
     def _sample_config(self, temperature: float | None, max_new_tokens: int | None) -> SampleConfig:
         cfg = self.config.sample

@@ -264,7 +264,7 @@ def export_merged(plan: ExportPlan, out: Path, quant: str, record: str) -> float
     if missing:
         raise UserError(f"{plan.base_gguf} has no tensor {missing[0]} that the adapter changes; export the adapter "
                         f"(--format gguf-lora) for the base it was baked on")
-    source_type = reader.tensors[[t.name for t in reader.tensors].index(next(iter(targets)))].tensor_type
+    source_type = next(t.tensor_type for t in reader.tensors if t.name in targets)   # the type of the merged weights
     kept = [0.0, 0.0]   # Σ⟨written − source, delta⟩, Σ‖delta‖²
 
     def convert(tensor):

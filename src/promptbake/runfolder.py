@@ -78,6 +78,13 @@ def atomic_save_dir(final: Path, write) -> None:
         raise
 
 
+def checkpoint_names(run_dir: Path) -> list[str]:
+    """The run's saved checkpoints (checkpoints/step-N folders), in step order."""
+    folder = Path(run_dir) / CHECKPOINTS
+    names = [p.name for p in folder.glob("step-*") if p.is_dir()] if folder.is_dir() else []
+    return sorted(names, key=lambda n: int(n.split("-")[1]))
+
+
 def read_bake_json(run_dir: Path) -> dict:
     """The run folder's bake.json record; a missing folder or a damaged record is a one-line UserError."""
     run_dir = Path(run_dir)

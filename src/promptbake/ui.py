@@ -87,9 +87,7 @@ class Playground:
         return self._loaded[run]
 
     def checkpoints(self, run: str) -> list[str]:
-        folder = self.runs[run] / runfolder.CHECKPOINTS
-        names = [p.name for p in folder.glob("step-*") if p.is_dir()] if folder.is_dir() else []
-        return [FINAL, *sorted(names, key=lambda n: int(n.split("-")[1]))]
+        return [FINAL, *runfolder.checkpoint_names(self.runs[run])]
 
     def _use(self, run: str, checkpoint: str, strength: float):
         baked = self.model(run)
