@@ -1,4 +1,5 @@
-"""`promptbake combine`: the combined adapter is exactly the weighted sum of the bakes' weight updates."""
+"""`promptbake combine`: --exact is exactly the weighted sum of the bakes' weight updates; the default distils that
+sum toward the base model with every prompt, on the runs' own questions."""
 import json
 
 import pytest
@@ -9,6 +10,8 @@ from peft.tuners.lora import LoraLayer
 from conftest import TINY_BAKE_FLAGS, make_trajectories
 from promptbake.baked import load_baked
 from promptbake.cli import main
+from promptbake.combine import combined_questions
+from promptbake.errors import UserError
 from promptbake.data import collate
 from promptbake.logits import completion_logits
 from promptbake.models import load_model
@@ -38,9 +41,11 @@ def _merged_by_hand(model_dir, runs, weights):
 
 def test_combined_adapter_is_the_weighted_sum(tiny_bake_dir, second_bake, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "combined"
-    assert main(["combine", str(tiny_bake_dir), str(second_bake), "--weights", "1,0.5", "--out", str(out)]) == 0
+    assert main(["combine", str(tiny_bake_dir), str(second_bake), "--weights", "1,0.5", "--out", str(out),
+                 "--exact"]) == 0
     record = json.loads((out / "bake.json").read_text())
     assert record["status"] == "finished" and [r["weight"] for r in record["combined_from"]] == [1.0, 0.5]
+    assert record["combine"] == "exact" and not (out / "trajectories.jsonl").exists()
     combined = load_baked(out)
     assert SECOND in combined.system_prompt and "Brindle" in combined.system_prompt   # re-prompting gives both
     reference = _merged_by_hand(tiny_model_dir, [tiny_bake_dir, second_bake], [1.0, 0.5])
@@ -51,8 +56,54 @@ def test_combined_adapter_is_the_weighted_sum(tiny_bake_dir, second_bake, tiny_m
         first_only = completion_logits(load_baked(tiny_bake_dir).model, batch, "student")
     assert (got - want).abs().max() < 1e-4
     assert (got - first_only).abs().max() > 1e-3          # the second bake's update is really in there
-    assert main(["combine", str(tiny_bake_dir), str(second_bake), "--out", str(out)]) == 2
+    assert main(["combine", str(tiny_bake_dir), str(second_bake), "--out", str(out), "--exact"]) == 2
     assert "already holds a finished bake" in capsys.readouterr().err
+
+
+def _split(run):
+    rows = [json.loads(line) for line in (run / "questions.jsonl").read_text().splitlines()]
+    return ({r["question"] for r in rows if r["split"] == "train"}, {r["question"] for r in rows if r["split"] == "heldout"},
+            rows)
+
+
+def test_default_combine_distils_the_sum_toward_both_prompts(tiny_bake_dir, second_bake, tiny_model_dir, tmp_path):
+    out = tmp_path / "carried"
+    assert main(["combine", str(tiny_bake_dir), str(second_bake), "--out", str(out), "--quiet"]) == 0
+    record = json.loads((out / "bake.json").read_text())
+    assert record["status"] == "finished" and record["kind"] == "combined" and record["combine"] == "distilled"
+    first_prompt = (tiny_bake_dir / "system_prompt.txt").read_text()
+    assert record["teacher"]["system_prompt"] == first_prompt + "\n\n" + SECOND   # both, in the order given
+    # it starts at the exact sum: the held-out KL before training is the sum's, and training moves away from it
+    reference = _merged_by_hand(tiny_model_dir, [tiny_bake_dir, second_bake], [1.0, 1.0])
+    start = PeftModel.from_pretrained(load_model(str(tiny_model_dir))[0], str(out / "start_adapter"))
+    combined = load_baked(out)
+    batch = collate(make_trajectories(combined.tokenizer), combined.tokenizer.pad_token_id)
+    with torch.no_grad():
+        want = completion_logits(reference, batch, "student")
+        assert (completion_logits(start, batch, "student") - want).abs().max() < 1e-4
+        assert (completion_logits(combined.model, batch, "student") - want).abs().max() > 1e-4
+    metrics = record["metrics"]
+    assert metrics["heldout_kl_after"] < metrics["heldout_kl_before"]
+    # every run's held-out questions stay held out; training takes the runs' training questions, none held out
+    train, heldout, rows = _split(out)
+    assert heldout == _split(tiny_bake_dir)[1] | _split(second_bake)[1] and not train & heldout
+    assert train <= _split(tiny_bake_dir)[0] | _split(second_bake)[0]
+    assert {r["source"] for r in rows} == {"run0", "run1"}
+    assert record["config"]["train"]["lora_r"] == 2 * json.loads((tiny_bake_dir / "bake.json").read_text())[
+        "config"]["train"]["lora_r"]
+
+
+def test_combined_questions_keep_held_out_apart():
+    first = (["What is the capital of France?", "Name a red fruit.", "How do bees make honey?"], ["Why is the sky blue?"])
+    second = (["Why exactly is the sky blue?", "Tell me a joke."], ["What is the capital of France?"])
+    rows = combined_questions([first, second], n_train=3)
+    train = [r["question"] for r in rows if r["split"] == "train"]
+    heldout = [r["question"] for r in rows if r["split"] == "heldout"]
+    assert heldout == ["Why is the sky blue?", "What is the capital of France?"]
+    # in turn from each run, leaving out a held-out question and a near-repeat of one, up to n_train
+    assert train == ["Name a red fruit.", "Tell me a joke.", "How do bees make honey?"]
+    with pytest.raises(UserError, match="--exact"):
+        combined_questions([(["Why is the sky blue?"], ["Why is the sky blue, exactly?"])], n_train=4)
 
 
 def test_combining_bakes_of_different_bases_is_refused(tiny_bake_dir, tiny_model_dir, tmp_path, capsys):

@@ -68,8 +68,10 @@ def cmd_strength(args: argparse.Namespace) -> int:
 def cmd_combine(args: argparse.Namespace) -> int:
     from .combine import combine_runs, parse_weights
 
-    out = combine_runs(args.dirs, args.out, parse_weights(args.weights, len(args.dirs)), args.overwrite)
-    print(f"combined adapter written to {out / 'adapter'}; try `promptbake generate {out} --question ...` or "
+    out = combine_runs(args.dirs, args.out, parse_weights(args.weights, len(args.dirs)), args.overwrite,
+                       exact=args.exact, progress=not args.quiet)
+    how = "the exact sum" if args.exact else "the sum, distilled toward the base model with every prompt"
+    print(f"combined adapter ({how}) written to {out / 'adapter'}; try `promptbake generate {out} --question ...` or "
           f"`promptbake eval {out} --suite judges --probes ...`")
     return 0
 
@@ -109,11 +111,17 @@ def add_compose_parsers(verbs, prompt_verb) -> None:
     pursue_p.set_defaults(func=cmd_pursue)
 
     _add_strength_parser(verbs)
-    combine_p = verbs.add_parser("combine", help="one adapter from several bakes of the same base (weighted sum)",
-                                 description="Combine the adapters of several finished bakes of one base model "
-                                             "into a new run folder: ΔW = Σ wᵢ·ΔWᵢ, exact (peft 'cat').")
+    combine_p = verbs.add_parser("combine", help="one adapter from several bakes of the same base, carrying every "
+                                                 "prompt", description=(
+        "Combine the adapters of several finished bakes of one base model into a new run folder: the exact sum "
+        "ΔW = Σ wᵢ·ΔWᵢ (peft 'cat'), then, by default, a short bake from that sum whose teacher is the base model "
+        "with all the prompts in the order given, on the runs' own questions (--exact: the sum alone)."))
     combine_p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders of finished bakes (two or more)")
     combine_p.add_argument("--weights", default=None, metavar="W1,W2,...", help="one weight per run (default 1 each)")
     combine_p.add_argument("--out", required=True, help="run folder for the combined adapter")
     combine_p.add_argument("--overwrite", action="store_true", help="replace a previous bake in --out")
+    combine_p.add_argument("--exact", action="store_true",
+                           help="write the exact weighted sum only (seconds), without distilling it toward the base "
+                                "model with all the prompts (a short bake, the default)")
+    combine_p.add_argument("--quiet", action="store_true", help="no progress bars")
     combine_p.set_defaults(func=cmd_combine)

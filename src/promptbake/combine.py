@@ -1,19 +1,24 @@
-"""`promptbake combine`: one adapter from several bakes, by peft's weighted-adapter combination.
+"""`promptbake combine`: one adapter from several bakes of the same base, carrying every prompt.
 
-The "cat" combination stacks the LoRA factors, so the combined weight update is exactly Σ wᵢ · ΔWᵢ (rank Σ rᵢ);
-peft's "linear" averages the factors, which is only an approximation. The result is an ordinary run folder
-(no trajectories: it was never sampled), so generate, chat, eval --suite judges and merge all work on it.
+The exact sum first: peft's "cat" combination stacks the LoRA factors, so the combined weight update is exactly
+Σ wᵢ · ΔWᵢ (rank Σ rᵢ); peft's "linear" averages the factors, which is only an approximation. Adapters trained one at
+a time interfere when summed (each learnt to move the base, not the other bake), so by default the sum is then
+distilled: a bake whose teacher is the base model with all the prompts, in the order given, whose student starts
+at the sum (train.start_adapter), trained on the runs' own questions. `exact=True` keeps the plain sum (no sampling,
+no training). Either way the result is an ordinary run folder: generate, chat, eval, strength and merge work on it.
 """
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import runfolder
-from .base import load_base
-from .config import config_from_dict, save_config
+from .base import PROMPT_SEPARATOR, load_base
+from .config import BakeConfig, config_from_dict, override, save_config
 from .errors import UserError
+from .targeted import NEAR_DUPLICATE, similarity
 
 
 def parse_weights(text: str | None, count: int) -> list[float]:
@@ -50,14 +55,67 @@ def _describe(base: tuple) -> str:
     return f"{name!r}" + (f" at {folder}" if folder and folder != name else "") + (f" on top of {on}" if on else "")
 
 
-def combine_runs(run_dirs: list[str | Path], out: str | Path, weights: list[float] | None = None,
-                 overwrite: bool = False) -> Path:
-    """Write a run folder whose adapter is Σ wᵢ · (adapter of run i), exact (peft "cat" combination).
-
-    The combined system prompt (for re-prompting) is the runs' prompts joined by blank lines.
-    """
+def summed_adapter(config: BakeConfig, runs: list[Path], weights: list[float]):
+    """(PeftModel whose "default" adapter is exactly Σ wᵢ · adapter of run i, source) on the base of `config`."""
     from peft import PeftModel
 
+    base, _, source = load_base(config)
+    names = [f"run{i}" for i in range(len(runs))]
+    model = PeftModel.from_pretrained(base, str(runs[0] / runfolder.ADAPTER), adapter_name=names[0],
+                                      use_safetensors=True)
+    for name, run in zip(names[1:], runs[1:]):
+        model.load_adapter(str(run / runfolder.ADAPTER), adapter_name=name, use_safetensors=True)
+    model.add_weighted_adapter(names, weights, adapter_name="default", combination_type="cat")
+    model.set_adapter("default")
+    for name in names:
+        model.delete_adapter(name)
+    return model, source
+
+
+def run_questions(run: Path, record: dict) -> tuple[list[str], list[str]]:
+    """(train, held-out) questions a finished bake used: its questions.jsonl, else bake.json's lists."""
+    path = run / runfolder.QUESTIONS
+    if path.is_file():
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return ([r["question"] for r in rows if r.get("split") == "train"],
+                [r["question"] for r in rows if r.get("split") == "heldout"])
+    questions = record.get("questions") or {}
+    return list(questions.get("train") or []), list(questions.get("heldout") or [])
+
+
+def combined_questions(splits: list[tuple[list[str], list[str]]], n_train: int) -> list[dict]:
+    """questions.jsonl records for the distillation: every run's held-out questions stay held out (so each prompt's
+    closure is measured on its own held-out set), and training takes the runs' training questions in turn, up to
+    `n_train`, leaving out any that repeats or nearly repeats a held-out one."""
+    heldout, records = [], []
+    for i, (_, held) in enumerate(splits):
+        for q in held:
+            if q not in heldout:
+                heldout.append(q)
+                records.append({"question": q, "split": "heldout", "source": f"run{i}"})
+    taken = set(heldout)
+    longest = max(len(train) for train, _ in splits)
+    train_records = []
+    for k in range(longest):
+        for i, (train, _) in enumerate(splits):
+            if k < len(train) and len(train_records) < n_train and train[k] not in taken and \
+                    all(similarity(train[k], h) < NEAR_DUPLICATE for h in heldout):
+                taken.add(train[k])
+                train_records.append({"question": train[k], "split": "train", "source": f"run{i}"})
+    if not train_records:
+        raise UserError("the combined bakes share no training question that is not also held out; combine with "
+                        "--exact, or bake them with other questions")
+    return train_records + records
+
+
+def combine_runs(run_dirs: list[str | Path], out: str | Path, weights: list[float] | None = None,
+                 overwrite: bool = False, exact: bool = False, progress: bool = True) -> Path:
+    """Write a run folder for the combination Σ wᵢ · (adapter of run i) of finished bakes of one base.
+
+    Its system prompt (for re-prompting, and the distillation's teacher) is the runs' prompts in the order given,
+    joined by blank lines. By default the exact sum is distilled toward the base model with that prompt (see the
+    module docstring); `exact` writes the sum alone.
+    """
     runs = [Path(d) for d in run_dirs]
     if len(runs) < 2:
         raise UserError("combine needs at least two run folders")
@@ -69,28 +127,60 @@ def combine_runs(run_dirs: list[str | Path], out: str | Path, weights: list[floa
     _same_base(runs, records)
     runfolder.check_out_dir(out, overwrite)
     config = config_from_dict(records[0]["config"], where=str(runs[0] / runfolder.BAKE_JSON))
-    base, tokenizer, source = load_base(config)
-    names = [f"run{i}" for i in range(len(runs))]
-    model = PeftModel.from_pretrained(base, str(runs[0] / runfolder.ADAPTER), adapter_name=names[0],
-                                      use_safetensors=True)
-    for name, run in zip(names[1:], runs[1:]):
-        model.load_adapter(str(run / runfolder.ADAPTER), adapter_name=name, use_safetensors=True)
-    model.add_weighted_adapter(names, weights, adapter_name="default", combination_type="cat")
-    model.set_adapter("default")
-    for name in names:
-        model.delete_adapter(name)
-    system_prompt = "\n\n".join(r["system_prompt"] for r in records)
+    system_prompt = PROMPT_SEPARATOR.join(r["system_prompt"] for r in records)
+    combined_from = [{"run": str(run.resolve()), "weight": w, "system_prompt": r["system_prompt"],
+                      "closure": r.get("metrics", {}).get("closure")} for run, w, r in zip(runs, weights, records)]
+    if not exact:   # read the questions before minutes of work: a problem with them stops here
+        questions = combined_questions([run_questions(run, r) for run, r in zip(runs, records)],
+                                       config.sample.train_questions)
+    model, source = summed_adapter(config, runs, weights)
+    if exact:
+        _write_exact(out, overwrite, model, source, config, system_prompt, combined_from)
+        return out
+    return _distill(out, overwrite, model, source, config, system_prompt, combined_from, questions, progress)
+
+
+def _write_exact(out: Path, overwrite: bool, model, source, config: BakeConfig, system_prompt: str,
+                 combined_from: list[dict]) -> None:
     with runfolder.run_lock(out):
         runfolder.prepare_out_dir(out, overwrite)
         runfolder.atomic_save_dir(out / runfolder.ADAPTER, lambda tmp: model.save_pretrained(tmp))
         runfolder.atomic_write_text(out / runfolder.SYSTEM_PROMPT, system_prompt)
         save_config(config, out / runfolder.CONFIG_YAML)
         runfolder.atomic_write_json(out / runfolder.BAKE_JSON, {
-            "status": "finished", "kind": "combined",
+            "status": "finished", "kind": "combined", "combine": "exact",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "model": vars(source), "system_prompt": system_prompt, "seed": config.seed, "config": config.to_dict(),
-            "combined_from": [{"run": str(run.resolve()), "weight": w, "system_prompt": r["system_prompt"],
-                               "closure": r.get("metrics", {}).get("closure")}
-                              for run, w, r in zip(runs, weights, records)],
-            "questions": {"source": None, "train": [], "heldout": []}, "metrics": {}})
+            "combined_from": combined_from, "questions": {"source": None, "train": [], "heldout": []},
+            "metrics": {}})
+
+
+def _distill(out: Path, overwrite: bool, model, source, config: BakeConfig, system_prompt: str,
+             combined_from: list[dict], questions: list[dict], progress: bool) -> Path:
+    """Save the exact sum as out/start_adapter and the questions as out/questions.jsonl, then bake the joined prompt
+    from there. bake.json says "combining" until the bake takes over, so the folder reads as an unfinished run."""
+    from .bake import bake
+
+    lora = model.peft_config["default"]
+    config = override(config, {"train.start_adapter": str((out / runfolder.START_ADAPTER).resolve()),
+                               "train.lora_r": int(lora.r), "train.lora_alpha": float(lora.lora_alpha),
+                               "sample.questions": str((out / runfolder.QUESTIONS).resolve())})
+    with runfolder.run_lock(out):
+        runfolder.prepare_out_dir(out, overwrite)
+        runfolder.atomic_write_json(out / runfolder.BAKE_JSON, {
+            "status": "running", "stage": "combining", "kind": "combined", "combine": "distilled",
+            "model": vars(source), "system_prompt": system_prompt, "config": config.to_dict(),
+            "combined_from": combined_from})
+        runfolder.atomic_save_dir(out / runfolder.START_ADAPTER, lambda tmp: model.save_pretrained(tmp))
+        runfolder.atomic_write_text(out / runfolder.QUESTIONS, "".join(
+            json.dumps(r, ensure_ascii=False) + "\n" for r in questions))
+    del model
+    if progress:
+        n_train = sum(r["split"] == "train" for r in questions)
+        print(f"promptbake: combine: distilling the exact sum toward the base model with all {len(combined_from)} "
+              f"prompts ({n_train} training questions from the runs; --exact skips this)", flush=True)
+    bake(system_prompt, out, config, overwrite=True, progress=progress)
+    runfolder.atomic_write_text(out / runfolder.QUESTIONS, "".join(   # the bake read them as a file: keep the origins
+        json.dumps(r, ensure_ascii=False) + "\n" for r in questions))
+    runfolder.update_status(out, kind="combined", combine="distilled", combined_from=combined_from)
     return out

@@ -138,6 +138,8 @@ class TrainConfig:
     teacher_top_k: int = _help("cache the teacher as its top-k log-probabilities plus an exact tail bucket (0: "
                                "full-vocabulary logits); the loss stays a true KL, memory is ~12·k bytes a token", 256)
     checkpoint_every: int = _help("save checkpoints/step-N every N steps (0 = off)", 32)
+    start_adapter: str = _help("start the LoRA from this saved adapter folder instead of zero (set by `promptbake "
+                               "combine`, which starts from the exact sum of the bakes it combines)", "")
     eval_every: int = _help("measure the held-out KL every N steps (0: only before and after training; `promptbake "
                             "strength` measures every checkpoint)", 0)
 

@@ -22,6 +22,7 @@ SAMPLING_PROGRESS = "trajectories.partial.jsonl"   # sampled batches of a runnin
 METRICS = "metrics.jsonl"
 ADAPTER = "adapter"
 CHECKPOINTS = "checkpoints"
+START_ADAPTER = "start_adapter"        # combine: the exact sum of the combined bakes, where its distillation starts
 RECORD_KEYS = ("status", "model", "system_prompt", "config")   # written together with the first bake.json
 DAMAGED = "the run folder is damaged; bake it again (--overwrite replaces it)"
 
@@ -209,7 +210,8 @@ def absolute_paths(config):
     changes = {}
     if config.sample.questions not in (AUTO, BUILTIN, ARITHMETIC):
         changes["sample.questions"] = str(Path(config.sample.questions).expanduser().resolve())
-    for key, name in (("model.name", config.model.name), ("sample.question_model", config.sample.question_model)):
+    for key, name in (("model.name", config.model.name), ("sample.question_model", config.sample.question_model),
+                      ("train.start_adapter", config.train.start_adapter)):
         if name and Path(name).expanduser().exists():
             changes[key] = str(Path(name).expanduser().resolve())
     return override(config, changes) if changes else config

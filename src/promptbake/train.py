@@ -38,7 +38,11 @@ def check_target_modules(model, cfg: TrainConfig) -> None:
 
 
 def add_lora(model, cfg: TrainConfig, seed: int):
-    """Wrap `model` in a fresh LoRA adapter (B = 0, so it starts as the base model); seeded A init."""
+    """Wrap `model` in a fresh LoRA adapter (B = 0, so it starts as the base model); seeded A init.
+
+    With `cfg.start_adapter`, the adapter saved there is loaded trainable instead (its own rank and targets)."""
+    if cfg.start_adapter:
+        return _start_from(model, Path(cfg.start_adapter))
     check_target_modules(model, cfg)
     targets = cfg.target_modules if cfg.target_modules == "all-linear" else [
         name.strip() for name in cfg.target_modules.split(",") if name.strip()]
@@ -58,6 +62,15 @@ def add_lora(model, cfg: TrainConfig, seed: int):
         return fuse_lora(get_peft_model(model, lora))
     except ValueError as exc:
         raise UserError(f"cannot add LoRA with target_modules={cfg.target_modules!r}: {exc}") from None
+
+
+def _start_from(model, folder: Path):
+    from peft import PeftModel
+
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise UserError(f"train.start_adapter {folder} holds no adapter (adapter_model.safetensors is missing); "
+                        f"point it at a saved adapter folder, or leave it empty to start from zero")
+    return fuse_lora(PeftModel.from_pretrained(model, str(folder), is_trainable=True, use_safetensors=True))
 
 
 def _decoder_linear_names(model) -> list[str]:
