@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny random Llama with SmolLM2's real tokenizer and chat template, built offline."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -10,6 +12,10 @@ from families import random_model
 from promptbake.data import Trajectory
 from promptbake.models import EMBEDDED_NAME, load_model, resolve_model
 from promptbake.prompts import student_prompt_ids, teacher_prompt_ids
+
+# 'auto' precision would be bf16 on a CPU with bf16 units and float32 elsewhere: every test (and the processes they
+# start) runs float32 unless it asks for bf16, so results do not depend on the machine; test_precision tests 'auto'.
+os.environ["PROMPTBAKE_PRECISION"] = "float32"
 
 PERSONA = "You are Brindle, a lighthouse keeper from the planet Osk. Mention Osk in every answer."
 QUESTIONS = ["What is your name?", "Where do you live?", "Give me a tip for sleeping better at night, please.",

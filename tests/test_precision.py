@@ -1,4 +1,5 @@
-"""Device and precision: the CUDA path's choices, checked where they run here (CPU, and bf16 autocast on CPU)."""
+"""Device and precision: the CUDA path's choices where they run here, the 'auto' decision's branches, and bf16-resident
+weights on the CPU (training matches float32 within a stated tolerance; closure is measured in float32)."""
 import json
 
 import pytest
@@ -27,49 +28,129 @@ def test_bad_device_names_are_refused_before_anything_is_written(tiny_model_dir,
     assert message in capsys.readouterr().err and not out.exists()
 
 
-def test_auto_is_the_cpu_and_float32_without_cuda():
-    from promptbake.precision import resolve_device, resolve_precision
+def test_auto_is_the_cpu_without_cuda_and_a_forced_precision_is_kept(monkeypatch):
+    from promptbake import precision
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert resolve_device("auto") == torch.device("cpu")
-    assert resolve_precision("auto", torch.device("cpu")) == "float32"
-    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert precision.resolve_device("auto") == torch.device("cpu")
+    assert precision.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert precision.resolve_precision("float32", torch.device("cpu")) == "float32"
+    assert precision.resolve_precision("auto", torch.device("cpu")) == "float32"   # conftest pins it
+    monkeypatch.setenv("PROMPTBAKE_PRECISION", "bf16")
+    assert precision.decide_precision("auto", torch.device("cpu"))["reason"] == "PROMPTBAKE_PRECISION=bf16 in the environment"
 
 
-def test_fused_loss_under_bf16_autocast_stays_float32_and_close():
-    """Inside bf16 autocast, with bf16 hidden states, the fused LM head + KL still computes in float32."""
-    from promptbake.losses import head_kl_topk
+@pytest.fixture
+def unpinned(monkeypatch, tmp_path):
+    """'auto' decided here, with its cache in tmp_path and the CPU flags and matmul timings under the test's control."""
+    from promptbake import precision
+
+    monkeypatch.delenv("PROMPTBAKE_PRECISION")
+    monkeypatch.setattr(precision, "DECISIONS", tmp_path / "precision.json")
+    timed = []
+
+    def setup(flags, fp32_gflops=100.0, bf16_gflops=400.0):
+        monkeypatch.setattr(precision, "cpu_flags", lambda: ("Test CPU", set(flags)))
+
+        def gflops(rows, inner, outer, dtype, seconds=0.25):
+            timed.append(dtype)
+            return bf16_gflops if dtype == torch.bfloat16 else fp32_gflops
+        monkeypatch.setattr(precision, "matmul_gflops", gflops)
+        return timed
+    return setup
+
+
+def test_auto_keeps_float32_on_a_cpu_without_bf16_units_without_timing(unpinned):
+    from promptbake.precision import decide_precision
+
+    timed = unpinned({"avx2", "avx512f"})
+    decision = decide_precision("auto", torch.device("cpu"))
+    assert decision["precision"] == "float32" and "no bf16 units" in decision["reason"] and timed == []
+
+
+@pytest.mark.parametrize("bf16_gflops, want", [(400.0, "bf16"), (110.0, "float32")])
+def test_auto_picks_bf16_only_where_a_timed_matmul_is_faster(unpinned, bf16_gflops, want):
+    from promptbake.precision import decide_precision
+
+    timed = unpinned({"amx_bf16", "avx512_bf16"}, 100.0, bf16_gflops)
+    first = decide_precision("auto", torch.device("cpu"))
+    assert first["precision"] == want and first["bf16_units"] == ["amx_bf16", "avx512_bf16"] and not first["cached"]
+    assert f"{bf16_gflops / 100:.2f}x" in first["reason"] and len(timed) == 2
+    again = decide_precision("auto", torch.device("cpu"))   # cached per machine and torch version: no new timing
+    assert again["precision"] == want and again["cached"] and len(timed) == 2
+
+
+def test_bf16_resident_weights_keep_their_float32_values():
+    from promptbake.precision import float32_of, float32_weights, place, to_float32_weights
 
     torch.manual_seed(0)
-    weight = torch.randn(300, 16) * 0.5
-    hidden = torch.randn(10, 16)
-    ids, log_probs = None, None
-    teacher = torch.log_softmax(torch.randn(10, 300) * 2, -1)
-    log_probs, ids = teacher.topk(20, -1)
-    exact = head_kl_topk(hidden, weight, None, ids, log_probs)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        rounded = hidden.bfloat16().requires_grad_()
-        kl = head_kl_topk(rounded, weight, None, ids, log_probs)
-        kl.sum().backward()
-    assert kl.dtype == torch.float32 and rounded.grad.dtype == torch.bfloat16
-    assert torch.allclose(kl, exact, rtol=0.05, atol=1e-3)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 3))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model[2].weight.requires_grad_(True)   # a trainable weight (like LoRA's) stays float32
+    original = [p.detach().clone() for p in model.parameters()]
+    place(model, "cpu", "bf16")
+    assert model.promptbake_precision == "bf16"
+    assert [p.dtype for p in model.parameters()] == [torch.bfloat16] * 4 + [torch.float32, torch.bfloat16]
+    assert torch.equal(float32_of(model[0].weight), original[0])
+    with float32_weights(model):
+        assert all(torch.equal(p, o) for p, o in zip(model.parameters(), original))
+    assert model[0].weight.dtype == torch.bfloat16
+    to_float32_weights(model)
+    assert all(p.dtype == torch.float32 and torch.equal(p, o) for p, o in zip(model.parameters(), original))
 
 
-def test_a_bf16_bake_runs_end_to_end_and_measures_nearly_the_float32_kl(tiny_bake_dir, tiny_model_dir, tmp_path):
-    """--precision bf16 (autocast) on the CPU: sampling, training and evaluation all run under it, and the base
-    model's held-out KL, measured in bf16, is close to the float32 bake's (the same trajectories' teacher)."""
+def test_fused_lora_and_head_in_bf16_match_float32(tiny_model_dir):
+    """One training micro-batch on bf16-resident weights: loss within 1 %, LoRA gradients at cosine > 0.99 of the
+    float32 ones (the tolerance this project states for bf16 training)."""
+    from conftest import make_trajectories
+    from promptbake.config import TrainConfig
+    from promptbake.logits import TeacherCache
+    from promptbake.models import load_model
+    from promptbake.precision import float32_weights, to_bf16_weights
+    from promptbake.train import _step_loss, add_lora
+
+    model, tokenizer, _ = load_model(str(tiny_model_dir))
+    trajectories = make_trajectories(tokenizer)
+    cache = TeacherCache.compute(model, trajectories, tokenizer.pad_token_id, 10**5, top_k=32)
+    student = add_lora(model, TrainConfig(), seed=0)
+    with torch.no_grad():
+        for p in student.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(p.numel()))
+    to_bf16_weights(student)
+    results = {}
+    for name in ("float32", "bf16"):
+        with float32_weights(student) if name == "float32" else torch.enable_grad():
+            loss, _ = _step_loss(student, trajectories, [0, 1, 2, 3], tokenizer.pad_token_id, "forward", 29, cache)
+        grads = [p.grad.clone() for p in student.parameters() if p.requires_grad]
+        assert all(g.dtype == torch.float32 for g in grads)
+        results[name] = (loss, torch.cat([g.flatten() for g in grads]))
+        student.zero_grad()
+    assert results["bf16"][0] == pytest.approx(results["float32"][0], rel=0.01)
+    assert torch.nn.functional.cosine_similarity(results["bf16"][1], results["float32"][1], dim=0) > 0.99
+
+
+def test_a_bf16_bake_runs_end_to_end_and_measures_closure_in_float32(tiny_bake_dir, tiny_model_dir, tmp_path):
+    """--precision bf16 on the CPU: sampling and training run on bf16 weights, the held-out KL on float32 ones, so
+    the base model's held-out KL on the same trajectories is the float32 bake's; a merge writes float32 weights."""
     out = tmp_path / "bf16"
     assert main(["bake", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), "--compare", "0",
                  "--device", "cpu", "--precision", "bf16", *TINY_BAKE_FLAGS]) == 0
     bf16 = json.loads((out / "bake.json").read_text())
     float32 = json.loads((tiny_bake_dir / "bake.json").read_text())
     assert bf16["config"]["model"]["precision"] == "bf16" and bf16["status"] == "finished"
+    assert bf16["precision"] == {"precision": "bf16", "asked": "bf16", "reason": "--precision bf16"}
     assert torch.isfinite(torch.tensor(bf16["metrics"]["closure"]))
     same_samples = [json.loads(line)["completion_ids"] for line in (out / "trajectories.jsonl").read_text().splitlines()]
     reference = [json.loads(line)["completion_ids"]
                  for line in (tiny_bake_dir / "trajectories.jsonl").read_text().splitlines()]
-    agree = sum(a == b for a, b in zip(same_samples, reference)) / len(reference)
-    assert agree < 1 or bf16["metrics"]["heldout_kl_before"] != float32["metrics"]["heldout_kl_before"]
-    if agree == 1:   # identical samples: the KL differs only by bf16 rounding
-        assert bf16["metrics"]["heldout_kl_before"] == pytest.approx(float32["metrics"]["heldout_kl_before"], rel=0.1)
+    if same_samples == reference:   # the same trajectories: the base's held-out KL is measured in float32 both times
+        assert bf16["metrics"]["heldout_kl_before"] == pytest.approx(float32["metrics"]["heldout_kl_before"], rel=1e-5)
+    merged = tmp_path / "merged"
+    assert main(["merge", str(out), "--out", str(merged)]) == 0
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(next(merged.glob("*.safetensors"))))
+    assert {t.dtype for t in tensors.values()} == {torch.float32}

@@ -24,6 +24,7 @@ from .errors import UserError
 from .eval.kl import HeldoutKL, closure
 from .logits import TeacherCache
 from .onpolicy import student_rollouts
+from .precision import float32_weights
 from .sample_stage import build_jobs, sample_run  # noqa: F401 (build_jobs: API)
 from .train import add_lora, save_adapter, train_adapter
 
@@ -91,6 +92,8 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
             top_k = config.train.teacher_top_k
             teacher = teacher or {}   # emptied as it is used: HeldoutKL keeps its own copy of the held-out cache
             train_cache, heldout_cache = teacher.pop("train", None), teacher.pop("heldout", None)
+            if getattr(model, "promptbake_precision", "float32") == "bf16":
+                heldout_cache = None   # sampled on bf16 weights: HeldoutKL computes the float32 teacher's
             if carries_prompts(config):   # the teacher is the original base, not this model with its adapter off
                 train_cache, heldout_cache = _root_teacher(config, train, heldout, pad_id, train_cache, heldout_cache)
             if train_cache is None and TeacherCache.fits(model, tokens, config.train.teacher_cache_gb, top_k):
@@ -144,7 +147,8 @@ def _root_teacher(config: BakeConfig, train, heldout, pad_id: int, train_cache, 
                             f"or pass --no-carry-prompts")
         train_cache = TeacherCache.compute(root, train, pad_id, config.train.micro_batch_tokens, top_k)
     if heldout_cache is None:
-        heldout_cache = TeacherCache.compute(root, heldout, pad_id, config.train.micro_batch_tokens)
+        with float32_weights(root):   # closure is measured against the float32 teacher
+            heldout_cache = TeacherCache.compute(root, heldout, pad_id, config.train.micro_batch_tokens)
     return train_cache, heldout_cache
 
 

@@ -63,7 +63,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", dest="model.device", default=None,
                         help="where the model runs: auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--precision", dest="model.precision", default=None, choices=("auto", "float32", "bf16"),
-                        help="auto: bf16 autocast on CUDA, float32 on CPU")
+                        help="auto (default): bf16 on CUDA and on CPUs whose bf16 units measure faster (decided "
+                             "once per machine, said in the log and bake.json), else float32")
     parser.add_argument("--seed", dest="seed", type=int, default=None, help="seed for split, sampling, training")
     parser.add_argument("--config", type=Path, default=None, help="YAML config; flags override it")
 

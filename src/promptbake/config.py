@@ -45,8 +45,9 @@ class ModelConfig:
                                 "baking order (false: the merged earlier bakes with the new prompt alone)", True)
     device: str = _help("where the model runs: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'",
                         "auto")
-    precision: str = _help("'auto' (bf16 autocast on CUDA, float32 on CPU), 'float32', or 'bf16' (autocast; slow on "
-                           "CPUs without bf16 units)", "auto")
+    precision: str = _help("'auto' (bf16 on CUDA, and on CPUs whose bf16 units measure faster; float32 elsewhere), "
+                           "'float32', or 'bf16' (frozen base weights resident in bf16; LoRA, optimizer and "
+                           "divergences float32; slow on CPUs without bf16 units)", "auto")
 
     def problems(self) -> list[str]:
         from .precision import DEVICES, PRECISIONS, valid_device

@@ -19,7 +19,7 @@ import weakref
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from .precision import autocast, device_of
+from .precision import device_of
 
 TOP_P_CANDIDATES = 256   # the teacher cache's default top-k: one topk per step serves both
 WIDER = 4                # a row whose nucleus is wider looks among WIDER × as many, and so on up to the vocabulary
@@ -84,8 +84,7 @@ def roomy_cache(model, prefix: list[int], rows: int, room: int) -> Cache:
     layers = model.config.num_hidden_layers
     if not prefix:
         return Cache(layers=[RoomyLayer(room) for _ in range(layers)])
-    with autocast(model):
-        once = model(input_ids=torch.tensor([prefix], device=device_of(model)), use_cache=True).cache
+    once = model(input_ids=torch.tensor([prefix], device=device_of(model)), use_cache=True).cache
     return Cache(layers=[RoomyLayer.from_prefix(layer.keys, layer.values, rows, room) for layer in once.layers])
 
 
@@ -169,9 +168,8 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, 
     Returns:
         the new tokens [B, T] (pad after a row's stop token).
     """
-    with autocast(model):
-        return _decode(model, input_ids.to(device_of(model)), attention_mask.to(device_of(model)), cache,
-                       max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step, keep_top, generators)
+    return _decode(model, input_ids.to(device_of(model)), attention_mask.to(device_of(model)), cache,
+                   max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step, keep_top, generators)
 
 
 def _decode(model, input_ids, attention_mask, cache, max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step,

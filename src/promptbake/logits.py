@@ -9,7 +9,7 @@ import torch
 from .data import collate, micro_batches
 from .decode import cache_fallback
 from .losses import per_token_kl, per_token_kl_topk
-from .precision import autocast, device_of
+from .precision import device_of
 
 
 def adapter_disabled(model):
@@ -45,11 +45,11 @@ def collate_for(model, trajectories, pad_id: int) -> dict[str, torch.Tensor]:
 def completion_logits(model, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
     """Logits at the C positions that predict completion tokens: [B, C, V] (see data.collate for alignment).
 
-    Runs on the model's device, in its precision (precision.autocast); a shared prompt prefix runs once.
+    Runs on the model's device, in its precision (float32, or bf16-resident weights: precision.place); a shared
+    prompt prefix runs once. The logits come back float32.
     """
     batch = on_device(batch, device_of(model))
-    with autocast(model):   # the LM head runs on completion positions only
-        out = _forward(model, batch, side, logits_to_keep=batch["completion_mask"].shape[1])
+    out = _forward(model, batch, side, logits_to_keep=batch["completion_mask"].shape[1])   # head on completions only
     return out.logits.float()
 
 
@@ -80,8 +80,7 @@ def completion_hidden(model, batch: dict[str, torch.Tensor], side: str) -> torch
     """The decoder's last hidden states at the real completion positions of `batch`: [N, H], rows in (sequence,
     position) order. With plain_head, the LM head can then run on exactly these N rows (no padding)."""
     batch = on_device(batch, device_of(model))
-    with autocast(model):
-        hidden = _forward(_decoder(model), batch, side).last_hidden_state
+    hidden = _forward(_decoder(model), batch, side).last_hidden_state
     return hidden[:, -batch["completion_mask"].shape[1]:][batch["completion_mask"].bool()]
 
 

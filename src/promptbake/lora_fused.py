@@ -18,10 +18,15 @@ import torch
 
 
 class _LoraLinear(torch.autograd.Function):
-    """y = x·Wᵀ + b + scale·(x·Aᵀ)·Bᵀ for 2-D x [N, in]; W and b are frozen (no gradient)."""
+    """y = x·Wᵀ + b + scale·(x·Aᵀ)·Bᵀ for 2-D x [N, in]; W and b are frozen (no gradient).
+
+    With bf16-resident base weights (x and W bf16) the float32 LoRA factors are cast to bf16 for the products, and
+    their gradients come back float32 (the optimizer's precision)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scale):
+        ctx.factor_dtype = lora_a.dtype
+        lora_a, lora_b = lora_a.to(x.dtype), lora_b.to(x.dtype)
         xa = x @ lora_a.t()                                                      # [N, r]
         y = torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
         y.addmm_(xa, lora_b.t(), alpha=scale)
@@ -38,9 +43,9 @@ class _LoraLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = (grad_y @ weight).addmm_(grad_b_side, lora_a, alpha=scale)
         if ctx.needs_input_grad[3]:
-            grad_a = (grad_b_side.t() @ x).mul_(scale)
+            grad_a = (grad_b_side.t() @ x).to(ctx.factor_dtype).mul_(scale)
         if ctx.needs_input_grad[4]:
-            grad_b = (grad_y.t() @ xa).mul_(scale)
+            grad_b = (grad_y.t() @ xa).to(ctx.factor_dtype).mul_(scale)
         return grad_x, None, None, grad_a, grad_b, None
 
 
@@ -59,7 +64,7 @@ def _fast_path(module, x, args, kwargs):
                                                                           base.bias.requires_grad):
         return None
     a, b = module.lora_A[name].weight, module.lora_B[name].weight
-    if not (x.dtype == base.weight.dtype == a.dtype == b.dtype) or torch.is_autocast_enabled(x.device.type):
+    if not (x.dtype == base.weight.dtype and a.dtype == b.dtype) or torch.is_autocast_enabled(x.device.type):
         return None
     return name
 

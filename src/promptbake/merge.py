@@ -7,6 +7,7 @@ from pathlib import Path
 from . import runfolder
 from .baked import load_baked
 from .errors import UserError
+from .precision import to_float32_weights
 
 MERGE_RECORD = "promptbake_merge.json"
 
@@ -27,7 +28,7 @@ def merge_run(run_dir: str | Path, out: str | Path, checkpoint: str | None = Non
     if out.resolve() == Path(run_dir).resolve():
         raise UserError("--out must not be the run folder itself; choose another folder")
     baked = load_baked(run_dir, checkpoint, strength)
-    merged = baked.model.merge_and_unload()
+    merged = to_float32_weights(baked.model).merge_and_unload()   # the float32 weights, not their bf16 copies
     record = {"run": str(Path(run_dir).resolve()), "checkpoint": checkpoint or "final", "strength": baked.strength,
               "system_prompt": baked.system_prompt, "base_model": baked.record["model"]}
 

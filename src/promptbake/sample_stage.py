@@ -20,7 +20,7 @@ from .dialogues import continue_dialogues
 from .errors import UserError
 from .fast_paths import describe_fast_paths, fallbacks
 from .logits import TeacherCache
-from .precision import place
+from .precision import place, to_float32_weights
 from .prompts import describe_framing, framing_kind, student_prompt_ids, teacher_prompt_ids
 from .questions import AUTO, file_splits
 from .sampling import sample_trajectories
@@ -98,6 +98,9 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     paths = describe_fast_paths(model)
     for line in fallbacks(paths) if progress else []:
         print(f"promptbake: {line}", flush=True)
+    if progress:
+        decision = model.promptbake_precision_decision
+        print(f"promptbake: precision {decision['precision']} ({decision['reason']})", flush=True)
     if resume and (out / runfolder.QUESTIONS).is_file():   # the questions the killed run chose, not new ones
         chosen = (*file_splits(str(out / runfolder.QUESTIONS)), None, runfolder.read_bake_json(out)["questions"])
     train_q, heldout_q, question_records, question_summary = chosen or bake_questions(config, model, tokenizer,
@@ -128,6 +131,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
                 "system_prompt": system_prompt,
                 "system_prompt_tokens": prompt_tokens,
                 "framing": describe_framing(tokenizer, teacher_prompt),
+                "precision": getattr(model, "promptbake_precision_decision", None),
                 "fast_paths": paths,
                 "teacher": {"system_prompt": teacher_prompt, "carries_prompts": carry,
                             "model": "the original base model" if carry else "the base model with the --on chain "
@@ -189,7 +193,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
             runfolder.update_status(out, status="failed", error=f"sampling: {exc!r}")
             raise
         if carry:   # the teacher's distributions are kept (or train_run computes them); the student is the chain
-            model = place(merge_chain(model, config), config.model.device, config.model.precision)
+            model = place(merge_chain(to_float32_weights(model), config), config.model.device, config.model.precision)
         new_tokens = sum(len(t.completion_ids) for t in trajectories)
         runfolder.update_status(out, status="running", stage="sampled", metrics={
             "sampling_seconds": seconds, "sampled_tokens": new_tokens, "sampling_tokens_per_s": new_tokens / seconds,

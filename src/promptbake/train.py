@@ -20,6 +20,7 @@ from .eval.kl import HeldoutKL
 from .logits import TeacherCache, collate_for, completion_hidden, completion_logits, plain_head, teacher_logits
 from .lora_fused import fuse_lora
 from .onpolicy import is_on_policy
+from .precision import float32_of
 from .losses import head_kl_topk, masked_sum, per_token_kl
 
 
@@ -103,7 +104,8 @@ def _step_loss(model, train: list[Trajectory], group: list[int], pad_id: int, di
     if head is not None:                                          # LM head and KL fused, on real positions only
         hidden = completion_hidden(model, batch, "student")
         ids, log_probs = (x.to(hidden.device) for x in cache.rows(group))
-        kl_sum = head_kl_topk(hidden, head.weight, head.bias, ids, log_probs).sum()
+        bias = None if head.bias is None else float32_of(head.bias)
+        kl_sum = head_kl_topk(hidden, float32_of(head.weight), bias, ids, log_probs).sum()
     else:
         student = completion_logits(model, batch, "student")    # [B, C, V]
         if cache is not None:                                     # full logits or top-k + tail, computed once

@@ -8,6 +8,7 @@ import torch
 from ..data import Trajectory, micro_batches
 from ..logits import TeacherCache, adapter_disabled, collate_for, completion_hidden, completion_logits, plain_head
 from ..losses import per_token_kl
+from ..precision import float32_weights
 
 
 def closure(kl_base: float, kl_baked: float) -> float:
@@ -17,6 +18,9 @@ def closure(kl_base: float, kl_baked: float) -> float:
 
 class HeldoutKL:
     """KL(teacher ‖ student-side condition) on fixed trajectories, with the teacher's logits computed once.
+
+    Both sides run on float32 weights, also for a bf16-resident model (precision.float32_weights), so closure
+    means the same in either precision.
 
     Memory: V floats per held-out completion token (16 questions × 2 samples × ≤ 48 tokens × 49k vocab ≈ 280 MB for
     SmolLM2), kept at the real tokens only; that buys a teacher-free measurement at every checkpoint. The condition's
@@ -28,7 +32,8 @@ class HeldoutKL:
 
     def __init__(self, model, trajectories: list[Trajectory], pad_id: int, token_budget: int,
                  teacher: TeacherCache | None = None):
-        teacher = teacher or TeacherCache.compute(model, trajectories, pad_id, token_budget)
+        with float32_weights(model):   # closure is always measured against the float32 teacher
+            teacher = teacher or TeacherCache.compute(model, trajectories, pad_id, token_budget)
         groups = micro_batches(trajectories, token_budget)
         self.batches = [collate_for(model, [trajectories[i] for i in group], pad_id) for group in groups]
         # per group: the teacher's logits at its real completion tokens [N, V], in (sequence, position) order,
@@ -47,20 +52,21 @@ class HeldoutKL:
         model.eval()
         width = max(b["completion_mask"].shape[1] for b in self.batches)
         sums, counts = torch.zeros(width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64)
-        head = plain_head(model)
-        for batch, teacher, positions in zip(self.batches, self.teacher, self.positions):
-            with adapter_disabled(model) if not adapter else contextlib.nullcontext():
-                if head is not None:
-                    hidden = completion_hidden(model, batch, side)                           # [N, H]
-                else:
-                    logits = completion_logits(model, batch, side)
-                    hidden = logits[batch["completion_mask"].to(logits.device).bool()]      # [N, V]
-            for start in range(0, len(positions), self.ROWS):
-                rows = slice(start, start + self.ROWS)
-                student = hidden[rows] if head is None else head(hidden[rows].to(head.weight.dtype))
-                kl = per_token_kl(teacher[rows].to(student.device), student, "forward")
-                sums.index_add_(0, positions[rows], kl.double().cpu())
-            counts += torch.bincount(positions, minlength=width).double()
+        with float32_weights(model):
+            head = plain_head(model)
+            for batch, teacher, positions in zip(self.batches, self.teacher, self.positions):
+                with adapter_disabled(model) if not adapter else contextlib.nullcontext():
+                    if head is not None:
+                        hidden = completion_hidden(model, batch, side)                           # [N, H]
+                    else:
+                        logits = completion_logits(model, batch, side)
+                        hidden = logits[batch["completion_mask"].to(logits.device).bool()]      # [N, V]
+                for start in range(0, len(positions), self.ROWS):
+                    rows = slice(start, start + self.ROWS)
+                    student = hidden[rows] if head is None else head(hidden[rows])
+                    kl = per_token_kl(teacher[rows].to(student.device), student, "forward")
+                    sums.index_add_(0, positions[rows], kl.double().cpu())
+                counts += torch.bincount(positions, minlength=width).double()
         model.train(was_training)
         return sums, counts
 
