@@ -30,7 +30,7 @@ from promptbake.data import collate  # noqa: E402
 from promptbake.logits import TeacherCache, completion_logits  # noqa: E402
 from promptbake.losses import per_token_kl  # noqa: E402
 from promptbake.models import load_model  # noqa: E402
-from promptbake.precision import cpu_flags, float32_weights, matmul_gflops, to_bf16_weights  # noqa: E402
+from promptbake.precision import cpu_flags, float32_weights, matmul_gflops, place  # noqa: E402
 from promptbake.prompts import stop_token_ids, teacher_prompt_ids  # noqa: E402
 from promptbake.train import _step_loss, add_lora  # noqa: E402
 
@@ -44,19 +44,20 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     model, tokenizer, _ = load_model("smollm2-135m")
+    place(model, "cpu", "bf16")   # bf16-resident weights; float32_weights gives the float32 side below
     weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     prompts = [teacher_prompt_ids(tokenizer, q, PERSONA) for q in QUESTIONS]
     stop = stop_token_ids(tokenizer, model.generation_config)
     gen = sampling.generation_config(SampleConfig(max_new_tokens=32), stop, tokenizer.pad_token_id)
     trajectories = make_trajectories(tokenizer, PERSONA, QUESTIONS[:16], [48] * 16)
     tokens = sum(len(t.student_prompt_ids) + len(t.completion_ids) for t in trajectories)
-    cache = TeacherCache.compute(model, trajectories, tokenizer.pad_token_id, 10**6, top_k=256)
+    with float32_weights(model):
+        cache = TeacherCache.compute(model, trajectories, tokenizer.pad_token_id, 10**6, top_k=256)
     student = add_lora(model, TrainConfig(), seed=0)
     with torch.no_grad():   # a trained-looking adapter, so that gradients and the student differ from the base
         for name, p in student.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.02, generator=torch.Generator().manual_seed(hash(name) % 2**31))
-    to_bf16_weights(student)
     times = {f"{what} {dtype}": [] for what in ("sample", "train") for dtype in ("float32", "bf16")}
     grads, losses = {}, {}
     for _ in range(args.repeats):

@@ -82,7 +82,7 @@ def test_auto_picks_bf16_only_where_a_timed_matmul_is_faster(unpinned, bf16_gflo
 
 
 def test_bf16_resident_weights_keep_their_float32_values():
-    from promptbake.precision import float32_of, float32_weights, place, to_float32_weights
+    from promptbake.precision import float32_of, float32_weights, to_bf16_weights, to_float32_weights
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 3))
@@ -90,8 +90,7 @@ def test_bf16_resident_weights_keep_their_float32_values():
         p.requires_grad_(False)
     model[2].weight.requires_grad_(True)   # a trainable weight (like LoRA's) stays float32
     original = [p.detach().clone() for p in model.parameters()]
-    place(model, "cpu", "bf16")
-    assert model.promptbake_precision == "bf16"
+    to_bf16_weights(model)
     assert [p.dtype for p in model.parameters()] == [torch.bfloat16] * 4 + [torch.float32, torch.bfloat16]
     assert torch.equal(float32_of(model[0].weight), original[0])
     with float32_weights(model):
@@ -135,6 +134,11 @@ def test_fused_lora_and_head_in_bf16_match_float32(tiny_model_dir):
 def test_a_bf16_bake_runs_end_to_end_and_measures_closure_in_float32(tiny_bake_dir, tiny_model_dir, tmp_path):
     """--precision bf16 on the CPU: sampling and training run on bf16 weights, the held-out KL on float32 ones, so
     the base model's held-out KL on the same trajectories is the float32 bake's; a merge writes float32 weights."""
+    from promptbake.base import load_base
+    from promptbake.config import BakeConfig, ModelConfig
+
+    loaded, _, _ = load_base(BakeConfig(model=ModelConfig(name=str(tiny_model_dir), precision="bf16")))
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
     out = tmp_path / "bf16"
     assert main(["bake", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), "--compare", "0",
                  "--device", "cpu", "--precision", "bf16", *TINY_BAKE_FLAGS]) == 0

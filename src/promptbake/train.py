@@ -20,7 +20,7 @@ from .eval.kl import HeldoutKL
 from .logits import TeacherCache, collate_for, completion_hidden, completion_logits, plain_head, teacher_logits
 from .lora_fused import fuse_lora
 from .onpolicy import is_on_policy
-from .precision import float32_of
+from .precision import float32_of, training_kernels
 from .losses import head_kl_topk, masked_sum, per_token_kl
 
 
@@ -99,6 +99,12 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) ->
 def _step_loss(model, train: list[Trajectory], group: list[int], pad_id: int, direction: str, step_tokens: int,
                cache: TeacherCache | None) -> tuple[float, int]:
     """Forward + backward of one micro-batch; the loss is scaled so a step's gradients sum to a per-token mean."""
+    with training_kernels(model):
+        return _step_loss_in(model, train, group, pad_id, direction, step_tokens, cache)
+
+
+def _step_loss_in(model, train: list[Trajectory], group: list[int], pad_id: int, direction: str, step_tokens: int,
+                  cache: TeacherCache | None) -> tuple[float, int]:
     batch = collate_for(model, [train[i] for i in group], pad_id)
     head = plain_head(model) if cache is not None and cache.top_k and direction == "forward" else None
     if head is not None:                                          # LM head and KL fused, on real positions only
