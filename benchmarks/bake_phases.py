@@ -13,7 +13,10 @@ sampling the tokens actually computed (padding included, a shared prompt prefix 
 computes it once); for training and evaluation the real tokens.
 
     .venv/bin/python benchmarks/bake_phases.py [--json out.json] [--naive 32]    (also: make bench)
-    .venv/bin/python benchmarks/bake_phases.py --naive 0 --bake-args "--batch-size 8 --learning-rate 2e-3"
+    .venv/bin/python benchmarks/bake_phases.py --precisions float32 --bake-args "--batch-size 8 --learning-rate 2e-3"
+
+By default it bakes twice, in float32 and in bf16 (`--precisions`), and reports the per-phase ratios and each
+phase's achieved GFLOP/s as a share of this run's measured matmul peak for its precision.
 """
 from __future__ import annotations
 
@@ -120,22 +123,14 @@ def _sampling_tokens(trajectories, batch_size: int) -> int:
     return total
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", default=None, help="also write the numbers here")
-    parser.add_argument("--naive", type=int, default=32, metavar="N",
-                        help="then time the naive one-sequence-at-a-time path on N trajectories (0: skip)")
-    parser.add_argument("--bake-args", default="", metavar="FLAGS",
-                        help="more `promptbake bake` flags, in one string (e.g. another schedule to compare)")
-    args = parser.parse_args()
-    _instrument()
+def _bake(bake_args: str) -> dict:
+    """One default bake in this process, its phases timed: the result row of `main` for one precision."""
+    SECONDS.clear(), CALLS.clear(), PEAK_GB.clear(), TEACHER_TOKENS.clear()
     out = Path(tempfile.mkdtemp(prefix="bake_phases_")) / "run"
     start = time.perf_counter()
     assert cli.main(["bake", "--prompt-file", str(PERSONA), "--out", str(out), "--quiet",
-                     *shlex.split(args.bake_args)]) == 0
+                     *shlex.split(bake_args)]) == 0
     wall = time.perf_counter() - start
-    peak_gb = _peak_gb()
-
     record = json.loads((out / "bake.json").read_text())
     trajectories = read_trajectories(out / "trajectories.jsonl")
     train = [t for t in trajectories if t.split == "train"]
@@ -161,22 +156,66 @@ def main() -> None:
                        gflop=round(gflop), gflop_per_s=round(gflop / seconds, 1))
         rows[phase] = row
     rows["other (writing, setup)"] = {"seconds": round(wall - sum(SECONDS[p] for p in rows if p in SECONDS), 1)}
-    result = {"bake_args": args.bake_args, "wall_seconds": round(wall, 1), "peak_rss_gb": round(peak_gb, 2),
-              "closure": record["metrics"]["closure"], "steps": record["metrics"]["steps"],
-              "matmul_weights": weights, "phases": rows, "run": str(out)}
-    print(f"default bake: {result['wall_seconds']} s wall, closure {result['closure']:.3f}, peak RSS "
-          f"{result['peak_rss_gb']} GB")
-    print(f"{'phase':<24}{'seconds':>9}{'tokens':>9}{'tok/s':>8}{'GFLOP':>8}{'GFLOP/s':>9}{'peak RSS after':>16}")
-    for phase, row in rows.items():
+    return {"bake_args": bake_args, "precision": record.get("precision"), "wall_seconds": round(wall, 1),
+            "peak_rss_gb": round(_peak_gb(), 2), "closure": record["metrics"]["closure"],
+            "steps": record["metrics"]["steps"], "matmul_weights": weights, "phases": rows, "run": str(out)}
+
+
+def _print_run(result: dict, peaks: dict) -> None:
+    print(f"\n{result['precision']['precision']} ({result['precision']['reason']}): {result['wall_seconds']} s wall, "
+          f"closure {result['closure']:.3f}, peak RSS {result['peak_rss_gb']} GB (the process's, so far)")
+    peak = peaks[result["precision"]["precision"]]
+    print(f"{'phase':<24}{'seconds':>9}{'tokens':>9}{'tok/s':>8}{'GFLOP':>8}{'GFLOP/s':>9}{'of peak':>9}"
+          f"{'peak RSS after':>16}")
+    for phase, row in result["phases"].items():
+        share = f"{row['gflop_per_s'] / peak:.0%}" if "gflop_per_s" in row else ""
         print(f"{phase:<24}{row['seconds']:>9}{row.get('tokens', ''):>9}{row.get('tokens_per_s', ''):>8}"
-              f"{row.get('gflop', ''):>8}{row.get('gflop_per_s', ''):>9}{row.get('peak_rss_gb', ''):>16}")
+              f"{row.get('gflop', ''):>8}{row.get('gflop_per_s', ''):>9}{share:>9}{row.get('peak_rss_gb', ''):>16}")
+
+
+def main() -> None:
+    from promptbake.precision import matmul_gflops
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None, help="also write the numbers here")
+    parser.add_argument("--naive", type=int, default=0, metavar="N",
+                        help="then time the naive one-sequence-at-a-time path on N trajectories (0: skip)")
+    parser.add_argument("--bake-args", default="", metavar="FLAGS",
+                        help="more `promptbake bake` flags, in one string (e.g. another schedule to compare)")
+    parser.add_argument("--precisions", default="float32,bf16", metavar="P,Q",
+                        help="bake once per precision, in this order, and report their ratios (default float32,bf16)")
+    args = parser.parse_args()
+    _instrument()
+    import torch
+
+    peaks = {"float32": matmul_gflops(512, 576, 1536, torch.float32),
+             "bf16": matmul_gflops(512, 576, 1536, torch.bfloat16)}
+    print(f"matmul peaks of this run (F.linear 512 x 576 -> 1536, {torch.get_num_threads()} threads): "
+          f"float32 {peaks['float32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    runs = {}
+    for precision in args.precisions.split(","):
+        runs[precision] = _bake(f"--precision {precision} {args.bake_args}")
+        _print_run(runs[precision], peaks)
+    result = {"bake_args": args.bake_args, "matmul_peak_gflops": peaks, "runs": runs}
+    if len(runs) == 2:
+        first, second = runs.values()
+        names = list(runs)
+        ratios = {phase: round(first["phases"][phase]["seconds"] / second["phases"][phase]["seconds"], 2)
+                  for phase in first["phases"] if second["phases"][phase]["seconds"] > 0}
+        ratios["wall"] = round(first["wall_seconds"] / second["wall_seconds"], 2)
+        result.update(speedup=ratios, closure_difference=round(second["closure"] - first["closure"], 4))
+        print(f"\n{names[0]} seconds / {names[1]} seconds, per phase: "
+              + ", ".join(f"{phase} {ratio}x" for phase, ratio in ratios.items()))
+        print(f"closure {names[1]} - {names[0]}: {result['closure_difference']:+.4f} (each on its own samples)")
     if args.naive:
         import sys
 
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from bake_speed import compare, report
 
-        result["naive_comparison"] = compare(record["config"]["model"]["name"], args.naive)
+        name = next(iter(runs.values()))
+        result["naive_comparison"] = compare(json.loads((Path(name["run"]) / "bake.json").read_text())[
+            "config"]["model"]["name"], args.naive)
         print(f"\nthe same code, batched vs the naive one-sequence-at-a-time path ({args.naive} trajectories):")
         report(result["naive_comparison"])
     if args.json:

@@ -189,6 +189,8 @@ BAKE_CASES = [
                  "--question-model 'nowhere-folder/' not found: no local folder", id="--question-model folder not found"),
     pytest.param({}, ["--prompt", "x", "--questions", "builtin", "--question-model", "m.gguf"],
                  "sample.question_model is used only with --questions auto", id="--question-model without auto"),
+    pytest.param({}, ["--prompt", "x", "--start-adapter", "nowhere"], "--start-adapter nowhere holds no adapter",
+                 id="--start-adapter not an adapter"),
     pytest.param({}, ["--prompt", "x", "--targeted-fraction", "0"], "sample.targeted_fraction must be in (0, 1]",
                  id="--targeted-fraction 0"),
     questions(".jsonl bad split", "q.jsonl", '{"question": "Why?", "split": "test"}\n',

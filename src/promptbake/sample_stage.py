@@ -24,7 +24,7 @@ from .precision import place, to_float32_weights
 from .prompts import describe_framing, framing_kind, student_prompt_ids, teacher_prompt_ids
 from .questions import AUTO, file_splits
 from .sampling import sample_trajectories
-from .train import check_target_modules
+from .train import check_start_adapter, check_target_modules
 
 
 def _versions() -> dict:
@@ -86,6 +86,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
 
         check_available()
     check_question_model(config)
+    check_start_adapter(config.train)
     # a question file is read (and its problems reported) before the model loads; auto questions need the model
     chosen = None if config.sample.questions == AUTO else bake_questions(config, None, None, system_prompt)
     carry = carries_prompts(config)

@@ -65,12 +65,18 @@ def add_lora(model, cfg: TrainConfig, seed: int):
         raise UserError(f"cannot add LoRA with target_modules={cfg.target_modules!r}: {exc}") from None
 
 
+def check_start_adapter(cfg: TrainConfig) -> None:
+    """Refuse a train.start_adapter that holds no saved adapter (before sampling, not after)."""
+    folder = Path(cfg.start_adapter).expanduser()
+    if cfg.start_adapter and not (folder / "adapter_model.safetensors").is_file():
+        raise UserError(f"--start-adapter {cfg.start_adapter} holds no adapter (no adapter_model.safetensors in it); "
+                        f"give a saved adapter folder such as a run's adapter/, or leave it out to start from zero")
+
+
 def _start_from(model, folder: Path):
     from peft import PeftModel
 
-    if not (folder / "adapter_model.safetensors").is_file():
-        raise UserError(f"train.start_adapter {folder} holds no adapter (adapter_model.safetensors is missing); "
-                        f"point it at a saved adapter folder, or leave it empty to start from zero")
+    check_start_adapter(TrainConfig(start_adapter=str(folder)))
     return fuse_lora(PeftModel.from_pretrained(model, str(folder), is_trainable=True, use_safetensors=True))
 
 
