@@ -35,6 +35,7 @@ from promptbake.data import read_trajectories
 
 # importlib, not `import promptbake.bake as ...`: the package exports the function `bake` under that name
 bake_module = importlib.import_module("promptbake.bake")
+stage_module = importlib.import_module("promptbake.sample_stage")
 data_module = importlib.import_module("promptbake.data")
 kl_module = importlib.import_module("promptbake.eval.kl")
 logits_module = importlib.import_module("promptbake.logits")
@@ -73,8 +74,9 @@ def _timed(owner, name: str, phase: str, inside: str | None = None) -> None:
 
 
 def _instrument() -> None:
-    _timed(bake_module, "load_base", "load")
-    _timed(bake_module, "sample_trajectories", "sampling")
+    _timed(stage_module, "load_base", "load")
+    _timed(stage_module, "bake_questions", "questions")
+    _timed(stage_module, "sample_trajectories", "sampling")
     _timed(bake_module, "train_adapter", "training")
     _timed(kl_module.HeldoutKL, "measure", "evaluation", inside="training")
     _timed(cli, "_compare", "side-by-side")
@@ -147,7 +149,7 @@ def _bake(bake_args: str) -> dict:
     }
     flops_per_token = {"sampling": 2, "teacher pass": 2, "training": 4, "evaluation": 2}
     rows = {}
-    for phase in ("load", "sampling", "teacher pass", "training", "evaluation", "side-by-side"):
+    for phase in ("load", "questions", "sampling", "teacher pass", "training", "evaluation", "side-by-side"):
         seconds = SECONDS[phase]
         row = {"seconds": round(seconds, 1), **({"peak_rss_gb": round(PEAK_GB[phase], 2)} if phase in PEAK_GB else {})}
         if phase in tokens and seconds > 0:
