@@ -160,3 +160,33 @@ def test_roomy_cache_gives_the_logits_of_a_growing_cache_and_refuses_to_overflow
     assert step.cache.get_seq_length() == 7
     with pytest.raises(RuntimeError, match="holds 7 positions"):
         model(input_ids=rest[:, :1], position_ids=torch.tensor([[7]] * 2), cache=cache, use_cache=True)
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_a_repeated_prompt_is_prefilled_once_and_samples_as_if_it_were_not(tiny, monkeypatch, share_prefix):
+    """Several samples of one question (held-out pairs, the eval suites' samples per probe) share one prefill row;
+    each row still draws from its own stream, and tokens and kept logits equal those of prefilling every row."""
+    from promptbake import decode
+
+    model, tokenizer = tiny
+    questions = ["What is your name?", "Where do you live?", "What is your name?", "Why?", "What is your name?"]
+    prompts = [teacher_prompt_ids(tokenizer, q, PERSONA) for q in questions]
+    stop = stop_token_ids(tokenizer, model.generation_config)
+    gen = sampling.generation_config(SampleConfig(max_new_tokens=8), stop, tokenizer.pad_token_id)
+    rows_seen = []
+    hook = model.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: rows_seen.append(kwargs["input_ids"].shape), with_kwargs=True)
+
+    def run():
+        rows_seen.clear()
+        return sampling.generate_batch(model, prompts, gen, tokenizer.pad_token_id, stop, keep=[0] * 5,
+                                       seeds=list(range(5)), share_prefix=share_prefix)
+    once, once_logits = run()
+    prefill = [shape for shape in rows_seen if shape[1] > 1]
+    assert prefill[-1][0] == 3                                        # three distinct prompts among five rows
+    monkeypatch.setattr(decode, "DISTINCT_PREFILL", False)            # every row prefilled
+    every, every_logits = run()
+    hook.remove()
+    assert [shape for shape in rows_seen if shape[1] > 1][-1][0] == 5
+    assert once == every and once[0] != once[2]                       # the same question, its own draws
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(once_logits, every_logits))

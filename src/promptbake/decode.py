@@ -22,6 +22,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from .precision import device_of
 
 TOP_P_CANDIDATES = 256   # the teacher cache's default top-k: one topk per step serves both
+DISTINCT_PREFILL = True  # prefill a prompt that several rows repeat once (False: every row; the tests compare)
 WIDER = 4                # a row whose nucleus is wider looks among WIDER × as many, and so on up to the vocabulary
 
 
@@ -51,6 +52,14 @@ class RoomyLayer(DynamicLayer):
         self._keys = keys.new_empty(rows, keys.shape[1], self.room, keys.shape[-1])
         self._values = values.new_empty(rows, values.shape[1], self.room, values.shape[-1])
         self.is_initialized = True
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep rows `index` of the cache, in that order (repeats allowed): a copy, with the same room. An empty
+        layer (no prefix yet) is left alone: its first update allocates the rows it is given."""
+        if not self.is_initialized:
+            return
+        self._keys, self._values = self._keys[index], self._values[index]
+        self.keys, self.values = self._keys[:, :, :self.length], self._values[:, :, :self.length]
 
     @classmethod
     def from_prefix(cls, keys: torch.Tensor, values: torch.Tensor, rows: int, room: int) -> "RoomyLayer":
@@ -172,13 +181,34 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, 
                    max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step, keep_top, generators)
 
 
+def _prefill(model, input_ids, attention_mask, positions, cache):
+    """(cache, last logits [B, V]) after running the prompts. Rows that repeat a prompt (several samples of one
+    question, as held-out trajectories and the eval suites draw them) are run once: RoomyLayer caches are cut to
+    the distinct rows, prefilled, and spread back, so a prompt asked 32 times costs one row of prefill."""
+    cached = cache.get_seq_length() if cache is not None else 0
+    layers = getattr(cache, "layers", None) or []
+    roomy = bool(layers) and all(isinstance(layer, RoomyLayer) for layer in layers)
+    distinct, inverse = torch.unique(torch.cat([input_ids, attention_mask], -1), dim=0, return_inverse=True)
+    if not (roomy and DISTINCT_PREFILL) or len(distinct) == input_ids.shape[0]:
+        out = model(input_ids=input_ids[:, cached:], attention_mask=attention_mask,
+                    position_ids=positions[:, cached:], cache=cache, use_cache=True, logits_to_keep=1)
+        return out.cache, out.logits[:, -1].float()
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    first = torch.full((len(distinct),), input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")          # the first row of each distinct prompt
+    for layer in layers:
+        layer.select_rows(first)
+    out = model(input_ids=input_ids[first, cached:], attention_mask=attention_mask[first],
+                position_ids=positions[first, cached:], cache=cache, use_cache=True, logits_to_keep=1)
+    for layer in layers:
+        layer.select_rows(inverse)
+    return out.cache, out.logits[:, -1].float()[inverse]
+
+
 def _decode(model, input_ids, attention_mask, cache, max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step,
             keep_top, generators) -> torch.Tensor:
-    cached = cache.get_seq_length() if cache is not None else 0
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids[:, cached:], attention_mask=attention_mask, position_ids=positions[:, cached:],
-                cache=cache, use_cache=True, logits_to_keep=1)
-    cache, logits = out.cache, out.logits[:, -1].float()
+    cache, logits = _prefill(model, input_ids, attention_mask, positions, cache)
     stop = torch.tensor(stop_ids, device=input_ids.device)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     position = positions[:, -1:]
