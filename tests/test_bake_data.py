@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PERSONA, TINY_BAKE_FLAGS
+from promptbake.baked import load_baked
 from promptbake.cli import main
 from promptbake.data import read_trajectories
 from promptbake.prompts import prompt_ids
@@ -77,6 +78,9 @@ def test_sequential_bake_carries_the_first_prompt_into_the_teacher(tiny_model_di
     one = read_trajectories(alone / "trajectories.jsonl")
     assert [t.student_prompt_ids for t in both] == [t.student_prompt_ids for t in one]
     assert all(len(a.teacher_prompt_ids) > len(b.teacher_prompt_ids) for a, b in zip(both, one))
+    # re-prompting a carried chain gives it every prompt it was baked with; an uncarried one its own prompt
+    assert load_baked(carried).system_prompt == PERSONA + "\n\n" + NEWS
+    assert load_baked(alone).system_prompt == NEWS
 
 
 def test_a_carried_teacher_is_the_original_base_model_whoever_computes_it(tiny_model_dir, tiny_bake_dir, tmp_path):

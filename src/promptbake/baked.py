@@ -64,7 +64,11 @@ class BakedModel:
             raise UserError(f"{self.run_dir} has no {what} ({adapter_dir} is missing); finish the bake or pick "
                             f"one of: {', '.join(self.checkpoints()) or 'no checkpoints saved'}")
         self.config = config_from_dict(self.record["config"], where=str(self.run_dir / runfolder.BAKE_JSON))
-        self.system_prompt = self.record["system_prompt"]
+        teacher = self.record.get("teacher") or {}
+        # re-prompting gives what the bake's teacher was given: for an `--on` chain that carries its prompts, every
+        # prompt of the chain, not only the last
+        self.system_prompt = (teacher["system_prompt"] if teacher.get("carries_prompts") and teacher.get("system_prompt")
+                              else self.record["system_prompt"])
         base, self.tokenizer, self.source = load_base(self.config)
         # The final adapter is peft's "default"; a checkpoint keeps its own name, so use_checkpoint can add the rest.
         self.model = fuse_lora(PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=checkpoint or "default",
