@@ -164,7 +164,8 @@ def next_tokens(logits: torch.Tensor, temperature: float, top_p: float,
 @torch.no_grad()
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, max_new_tokens: int,
            temperature: float, top_p: float, stop_ids: list[int], pad_id: int, on_step=None,
-           keep_top: int = 0, generators: list[torch.Generator] | None = None) -> torch.Tensor:
+           keep_top: int = 0, generators: list[torch.Generator] | None = None,
+           same_weights: bool = True) -> torch.Tensor:
     """Generate up to `max_new_tokens` after `input_ids` [B, L] (left-padded, or laid out around a cached prefix).
 
     Args:
@@ -174,22 +175,25 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, 
             step's token is drawn from (the teacher's, for the cache), and its `topk(keep_top)` (None if 0).
         generators: one CPU generator per row, each giving its row one uniform per step: a row's tokens then depend
             on its own seed and logits only, not on the other rows of the batch. None: torch's global RNG.
+        same_weights: every row runs the same weights, so rows with one prompt may share its prefill (False for
+            baked.per_row_adapter batches).
     Returns:
         the new tokens [B, T] (pad after a row's stop token).
     """
     return _decode(model, input_ids.to(device_of(model)), attention_mask.to(device_of(model)), cache,
-                   max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step, keep_top, generators)
+                   max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step, keep_top, generators, same_weights)
 
 
-def _prefill(model, input_ids, attention_mask, positions, cache):
+def _prefill(model, input_ids, attention_mask, positions, cache, same_weights: bool = True):
     """(cache, last logits [B, V]) after running the prompts. Rows that repeat a prompt (several samples of one
     question, as held-out trajectories and the eval suites draw them) are run once: RoomyLayer caches are cut to
-    the distinct rows, prefilled, and spread back, so a prompt asked 32 times costs one row of prefill."""
+    the distinct rows, prefilled, and spread back, so a prompt asked 32 times costs one row of prefill. Only where
+    every row runs the same weights: rows of a per-row adapter batch differ even when their prompts do not."""
     cached = cache.get_seq_length() if cache is not None else 0
     layers = getattr(cache, "layers", None) or []
     roomy = bool(layers) and all(isinstance(layer, RoomyLayer) for layer in layers)
     distinct, inverse = torch.unique(torch.cat([input_ids, attention_mask], -1), dim=0, return_inverse=True)
-    if not (roomy and DISTINCT_PREFILL) or len(distinct) == input_ids.shape[0]:
+    if not (roomy and same_weights and DISTINCT_PREFILL) or len(distinct) == input_ids.shape[0]:
         out = model(input_ids=input_ids[:, cached:], attention_mask=attention_mask,
                     position_ids=positions[:, cached:], cache=cache, use_cache=True, logits_to_keep=1)
         return out.cache, out.logits[:, -1].float()
@@ -206,9 +210,9 @@ def _prefill(model, input_ids, attention_mask, positions, cache):
 
 
 def _decode(model, input_ids, attention_mask, cache, max_new_tokens, temperature, top_p, stop_ids, pad_id, on_step,
-            keep_top, generators) -> torch.Tensor:
+            keep_top, generators, same_weights=True) -> torch.Tensor:
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    cache, logits = _prefill(model, input_ids, attention_mask, positions, cache)
+    cache, logits = _prefill(model, input_ids, attention_mask, positions, cache, same_weights)
     stop = torch.tensor(stop_ids, device=input_ids.device)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     position = positions[:, -1:]

@@ -58,7 +58,7 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
             B × V floats are held at a time). All top-k prompts of a batch share one k.
         seeds: per prompt, the seed of its own random stream (decode's generators); None: torch's global RNG.
         share_prefix: False computes every row's prompt in full, for rows whose weights differ
-            (baked.per_row_adapter).
+            (baked.per_row_adapter): no shared prefix, and no shared prefill of a repeated prompt.
     Returns (results, kept): results holds (ids, finished) per prompt; kept holds what `keep` asked for, per
     prompt (None where nothing was kept); kept is None without `keep`.
     """
@@ -89,7 +89,8 @@ def generate_batch(model, prompts: list[list[int]], gen_config: GenerationConfig
         steps.append((logits[full].cpu() if full else None, kept_top))
 
     tokens = decode(model, input_ids, attention_mask, cache, gen_config.max_new_tokens, temperature,
-                    gen_config.top_p or 1.0, stop_ids, pad_id, on_step if keep else None, top_k, generators)
+                    gen_config.top_p or 1.0, stop_ids, pad_id, on_step if keep else None, top_k, generators,
+                    same_weights=share_prefix)
     results = [cut_at_stop(row.tolist(), stop_ids) for row in tokens]
     if keep is None:
         return results, None
