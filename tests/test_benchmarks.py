@@ -176,3 +176,70 @@ def test_missing_lm_eval_says_how_to_install_it(baked, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # what `import lm_eval` meets when it is not installed
     with pytest.raises(UserError, match=r"pip install 'promptbake\[benchmarks\]'"):
         benchmark_suite(baked, ["arc_easy"])
+
+
+# --- promptbake's task families as harness tasks ------------------------------------------------------------------
+
+FAMILY_REPLIES = {
+    "addition": ["30 + 19 = 49", "The answer is 125.", "I think 12, or maybe 13", "no idea", "-5"],
+    "sentiment": ["positive", "It is Negative.", "not negative but positive", "positively", "neutral"],
+}
+
+
+@pytest.mark.parametrize("name", list(FAMILY_REPLIES))
+def test_harness_filter_and_metric_score_a_reply_as_the_family_does(name, tmp_path):
+    """The written task, loaded by lm-eval itself: its filter pipeline and exact_match agree with Family.is_correct
+    on replies with no, one and several answer-shaped spans, for every document of the task."""
+    from types import SimpleNamespace
+
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from promptbake.eval.lm_eval_tasks import PREFIX, write_task
+    from promptbake.eval.task_families import family
+
+    task_name = PREFIX + name
+    write_task(tmp_path, task_name, problems=6, seed=0, system_prompt="")
+    task = get_task_dict([task_name], TaskManager(include_path=str(tmp_path), include_defaults=False))[task_name]
+    docs = list(task.test_docs())
+    assert len(docs) == 6
+    fam = family(name)
+    for doc in docs:
+        replies = [*FAMILY_REPLIES[name], f"So: {doc['answer']}"]
+        instances = [SimpleNamespace(resps=[reply], doc=doc, filtered_resps={}) for reply in replies]
+        for ensemble in task._filters:
+            ensemble.apply(instances)
+        for reply, instance in zip(replies, instances):
+            (filtered,) = instance.filtered_resps.values()
+            harness = task.process_results(doc, [filtered])["exact_match"]
+            assert bool(harness) == fam.is_correct(reply, doc["answer"]), (reply, doc)
+        assert task.process_results(doc, [next(iter(instances[-1].filtered_resps.values()))])["exact_match"] == 1
+
+
+def test_family_task_through_the_harness_matches_the_accuracy_suite_reply_for_reply(smol_bake_dir):
+    """The same addition problems, four conditions, on the embedded model: lm-eval's own generation loop and chat
+    templating give the same replies, and its filter and metric the same per-problem scores, as the accuracy suite."""
+    from lm_eval import evaluator
+
+    from promptbake.eval.accuracy import accuracy_suite
+
+    baked = load_baked(smol_bake_dir)
+    baked.system_prompt = (Path(__file__).parents[1] / "examples/tasks/addition_fewshot.txt").read_text().strip()
+    ours = accuracy_suite(baked, "addition", problems=8, seed=0, max_new_tokens=24)
+    real, calls = evaluator.simple_evaluate, []
+
+    def spy(**kwargs):
+        results = real(**kwargs)
+        calls.append([s["resps"][0][0] for s in sorted(results["samples"]["promptbake_addition"],
+                                                        key=lambda s: s["doc_id"])])
+        return results
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluator, "simple_evaluate", spy)
+        patch.setattr(evaluator, "add_env_info", lambda results: None)
+        harness = benchmark_suite(baked, ["promptbake_addition"], problems=8, seed=0, max_new_tokens=24)
+    for name, replies in zip(CONDITION_NAMES, calls):
+        assert harness["correct"][name]["promptbake_addition"] == ours["conditions"][name]["correct"], name
+        assert harness["conditions"][name]["promptbake_addition"]["exact_match,last-answer"] == pytest.approx(
+            ours["conditions"][name]["rate"])
+        assert [r.strip() for r in replies[:3]] == [e[name] for e in ours["examples"]], name
+    assert any(sum(c["correct"]) for c in ours["conditions"].values())   # the scores are not all zero

@@ -22,7 +22,7 @@ from .losses import per_token_kl
 from .prompts import student_prompt_ids, teacher_prompt_ids, stop_token_ids
 from .models import load_model, resolve_model
 from .precision import place
-from .questions import ARITHMETIC, AUTO, BUILTIN, builtin_questions, file_splits, load_questions, split_questions
+from .questions import AUTO, BUILTIN, builtin_questions, file_splits, is_generated, load_questions, split_questions
 from .sampling import batches_of, generate_batch, generation_config, stream_seed
 from .targeted import (FEW_SHOT, grouped_split, normalise, parse_generated, prompt_pool, similarity,
                        template_questions, usable, NEAR_DUPLICATE)
@@ -204,7 +204,7 @@ def bake_questions(config, model, tokenizer, system_prompt: str,
         given = split_questions(load_questions(sample.questions), sample.train_questions, sample.heldout_questions,
                                 config.seed)
     train, heldout = given
-    source = sample.questions if sample.questions in (BUILTIN, ARITHMETIC) else "file"
+    source = sample.questions if is_generated(sample.questions) else "file"
     records = ([{"question": q, "split": "train", "source": source, "relevance": None} for q in train]
                + [{"question": q, "split": "heldout", "source": source, "relevance": None} for q in heldout])
     return train, heldout, records, {"targeted_fraction": 0.0}

@@ -63,7 +63,8 @@ class ModelConfig:
 @dataclass
 class SampleConfig:
     questions: str = _help("question source: 'auto' (questions aimed at the prompt, generated and ranked, mixed with "
-                           "the builtin pool), 'builtin', 'arithmetic' (word problems), a .txt file (one per line) or "
+                           "the builtin pool), 'builtin', 'arithmetic' (word problems), a task family ('addition', "
+                           "'sentiment', ...: its train side; docs/accuracy.md), a .txt file (one per line) or "
                            ".jsonl with a 'question' field (and, optionally, 'split': train or heldout)", "auto")
     targeted_fraction: float = _help("auto: share of the training and held-out questions aimed at the prompt (the rest "
                                      "come from the builtin general pool)", 0.5)
@@ -206,7 +207,11 @@ class EvalConfig:
     temperature: float | None = _help("judges/knowledge/drift: sampling temperature (default: the bake's)", None)
     turns: int = _help("drift: assistant turns per self-chat", 8)
     dialogues: int = _help("drift: self-chats per condition, each on its own topic", 8)
-    problems: int = _help("cot: arithmetic word problems to score", 200)
+    problems: int = _help("cot / accuracy / the promptbake_* benchmark tasks: problems to score", 200)
+    task: str | None = _help("accuracy: task family (addition, subtraction, comparison, sequence, conversion, "
+                             "sentiment; see docs/accuracy.md)", None)
+    max_new_tokens: int | None = _help("accuracy / the promptbake_* benchmark tasks: reply length limit "
+                                       "(default 96)", None)
     questions: int = _help("samples: held-out questions answered side by side", 4)
     tasks: str = _help("benchmarks: comma-separated lm-eval task names", "")
     limit: int | None = _help("benchmarks: examples per task (None: all)", None)
@@ -216,7 +221,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         bad = [f"{name} must be >= 1 (got {show(getattr(self, name))})" for name in
-               ("samples", "turns", "dialogues", "problems", "questions", "limit")
+               ("samples", "turns", "dialogues", "problems", "questions", "limit", "max_new_tokens")
                if getattr(self, name) is not None and getattr(self, name) < 1]
         if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature >= 0):
             bad.append(f"temperature must be a finite number >= 0 (got {show(self.temperature)})")

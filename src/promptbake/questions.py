@@ -12,7 +12,14 @@ from .errors import UserError
 AUTO = "auto"             # questions aimed at the prompt (autoquestions.py), mixed with the builtin pool
 BUILTIN = "builtin"
 ARITHMETIC = "arithmetic"   # generated multi-step word problems (eval/arithmetic.py), for chain-of-thought prompts
-ARITHMETIC_POOL = 2000
+ARITHMETIC_POOL = 2000   # also the most questions a task family (eval/task_families.py) gives as a pool
+
+
+def is_generated(source: str) -> bool:
+    """Whether `source` names a built-in generator (not a file): auto, builtin, arithmetic or a task family."""
+    from .eval.task_families import FAMILIES
+
+    return source in (AUTO, BUILTIN, ARITHMETIC) or source in FAMILIES
 
 
 def builtin_questions() -> list[str]:
@@ -58,7 +65,7 @@ def _read_file(source: str) -> tuple[Path, str]:
 def file_splits(source: str) -> tuple[list[str], list[str]] | None:
     """(train, heldout) as a .jsonl file assigns them, when every line has a 'split' (a run's questions.jsonl);
     else None. A question on both sides is refused: held-out questions are never trained on."""
-    if source in (AUTO, BUILTIN, ARITHMETIC) or not source.endswith(".jsonl"):
+    if is_generated(source) or not source.endswith(".jsonl"):
         return None
     path, text = _read_file(source)
     records = _read_jsonl(path, text)
@@ -77,7 +84,8 @@ def file_splits(source: str) -> tuple[list[str], list[str]] | None:
 
 
 def load_questions(source: str) -> list[str]:
-    """Questions from 'builtin', 'arithmetic', a .txt file (one per line) or a .jsonl file ({"question": ...} per line).
+    """Questions from 'builtin', 'arithmetic', a task family ('addition', ...; its train side), a .txt file (one
+    per line) or a .jsonl file ({"question": ...} per line).
 
     Duplicates are dropped (first occurrence kept) so a repeated line cannot land on both sides of the split.
     """
@@ -87,6 +95,10 @@ def load_questions(source: str) -> list[str]:
         from .eval.arithmetic import problems_questions
 
         questions = problems_questions(ARITHMETIC_POOL, seed=0)
+    elif is_generated(source) and source != AUTO:   # a task family: the accuracy suite scores the other side
+        from .eval.task_families import family_questions
+
+        questions = family_questions(source, ARITHMETIC_POOL)
     else:
         path, text = _read_file(source)
         if path.suffix == ".jsonl":

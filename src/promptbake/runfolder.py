@@ -205,10 +205,10 @@ def absolute_paths(config):
     """Paths in the config, made absolute for saving: config.yaml and bake.json then reload (resume, eval) from any
     directory. Messages about the paths keep the user's own spelling, so only what is saved is converted."""
     from .config import override
-    from .questions import ARITHMETIC, AUTO, BUILTIN
+    from .questions import is_generated
 
     changes = {}
-    if config.sample.questions not in (AUTO, BUILTIN, ARITHMETIC):
+    if not is_generated(config.sample.questions):
         changes["sample.questions"] = str(Path(config.sample.questions).expanduser().resolve())
     for key, name in (("model.name", config.model.name), ("sample.question_model", config.sample.question_model),
                       ("train.start_adapter", config.train.start_adapter)):

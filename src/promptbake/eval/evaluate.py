@@ -7,6 +7,7 @@ Suites (each compares the four conditions of conditions.py where that makes sens
     knowledge   fact accuracy (--knowledge FILE) and the locality control (general facts must survive)
     drift       persona probe after every turn of a self-chat with a simulated user (--probes FILE)
     cot         exact-match accuracy on seeded arithmetic word problems (chain-of-thought prompts)
+    accuracy    exact-match accuracy on a seeded task family (--task addition, ...; few-shot and CoT prompts)
     benchmarks  lm-evaluation-harness tasks (--tasks ...; needs promptbake[benchmarks])
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .conditions import CONDITIONS, answers
 from .kl import HeldoutKL, closure
 
 EVAL_JSON = "eval.json"
-SUITES = ("kl", "samples", "judges", "knowledge", "drift", "cot", "benchmarks")
+SUITES = ("kl", "samples", "judges", "knowledge", "drift", "cot", "accuracy", "benchmarks")
 DEFAULT_SUITES = "kl,samples"
 HEAD = 8  # answer tokens counted as "the start" in the summary
 
@@ -108,6 +109,20 @@ def cot_suite(baked, options: EvalConfig) -> dict:
     return run(baked, problems=options.problems, seed=options.seed)
 
 
+def accuracy_suite(baked, options: EvalConfig) -> dict:
+    from .accuracy import MAX_NEW_TOKENS, accuracy_suite as run
+    from .task_families import FAMILIES, family
+
+    if not options.task:
+        raise UserError(f"the accuracy suite needs a task family: pass --task NAME ({', '.join(FAMILIES)}); "
+                        f"see docs/accuracy.md")
+    family(options.task)   # an unknown name fails here, with the list
+    if baked is None:
+        return {}
+    return run(baked, options.task, problems=options.problems, seed=options.seed,
+               max_new_tokens=options.max_new_tokens or MAX_NEW_TOKENS)
+
+
 def benchmarks_suite(baked, options: EvalConfig) -> dict:
     from .benchmarks import benchmark_suite as run
 
@@ -116,11 +131,12 @@ def benchmarks_suite(baked, options: EvalConfig) -> dict:
         raise UserError("the benchmarks suite needs --tasks (comma-separated lm-eval task names, e.g. "
                         "arc_easy,gsm8k); see docs/benchmarks.md")
     return run(baked, tasks, limit=options.limit, include_path=options.include_path, seed=options.seed,
-               allow_code_execution=options.allow_code_execution)
+               allow_code_execution=options.allow_code_execution, problems=options.problems,
+               max_new_tokens=options.max_new_tokens)
 
 
 RUNNERS = {"kl": kl_suite, "samples": samples_suite, "judges": judges_suite, "knowledge": knowledge_suite,
-           "drift": drift_suite, "cot": cot_suite, "benchmarks": benchmarks_suite}
+           "drift": drift_suite, "cot": cot_suite, "accuracy": accuracy_suite, "benchmarks": benchmarks_suite}
 
 
 def check_inputs(suites: list[str], options: EvalConfig) -> None:
@@ -139,6 +155,8 @@ def check_inputs(suites: list[str], options: EvalConfig) -> None:
             load_facts(options.knowledge)
         if options.locality not in ("builtin", "none"):
             load_facts(options.locality)
+    if "accuracy" in suites:
+        accuracy_suite(None, options)
     if "benchmarks" in suites and not options.tasks.strip():
         benchmarks_suite(None, options)
 

@@ -18,7 +18,8 @@ from .conditions import CONDITION_NAMES
 REPORT_HTML = "report.html"
 EVAL_JSON = "eval.json"  # the name evaluate.py writes; not imported from there, which would pull in torch
 SUITE_TITLES = {"kl": "Held-out KL", "judges": "Judges", "knowledge": "Knowledge", "drift": "Drift over turns",
-                "cot": "Chain of thought", "benchmarks": "Benchmarks", "samples": "Sample answers"}
+                "cot": "Chain of thought", "accuracy": "Task accuracy", "benchmarks": "Benchmarks",
+                "samples": "Sample answers"}
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;max-width:1120px;
  margin:0 auto;padding:24px 32px 64px;background:#fff}
@@ -193,14 +194,17 @@ def _drift(suite: dict) -> str:
 def _cot(suite: dict) -> str:
     conditions = suite["conditions"]
     names = _ordered(conditions)
-    table = _table(["", *names], [["correct", *(_rate(conditions[n]) for n in names)],
-                                  ["ends 'The answer is N.'", *(_rate(conditions[n].get("answer_line")) for n in names)],
-                                  ["mean reply words", *(_num(conditions[n].get("mean_reply_words")) for n in names)]])
+    rows = [["correct", *(_rate(conditions[n]) for n in names)]]
+    if any("answer_line" in conditions[n] for n in names):   # the cot suite's; the accuracy suite has none
+        rows.append(["ends 'The answer is N.'", *(_rate(conditions[n].get("answer_line")) for n in names)])
+    rows.append(["mean reply words", *(_num(conditions[n].get("mean_reply_words")) for n in names)])
+    table = _table(["", *names], rows)
     examples = "".join(
         f"<h5>{_esc(e.get('question', ''))}</h5><p class=note>answer: {_esc(e.get('answer', ''))}</p>"
         + _table(names, [[_esc(e.get(n, "")) for n in names]], numeric_from=len(names), cls="answers")
         for e in suite.get("examples", []))
-    return (f"<p class=note>{_esc(suite.get('problems', '?'))} problems.</p>" + table
+    task = f" of the {suite['task']} family" if suite.get("task") else ""
+    return (f"<p class=note>{_esc(suite.get('problems', '?'))} problems{_esc(task)}.</p>" + table
             + (f"<details><summary>examples</summary>{examples}</details>" if examples else ""))
 
 
@@ -228,7 +232,7 @@ def _raw_json(value, why: str) -> str:
     return f"<p class=note>{_esc(why)}</p><pre>{_esc(json.dumps(value, indent=2, ensure_ascii=False))}</pre>"
 
 
-SUITES = {"kl": _kl, "judges": _judges, "knowledge": _knowledge, "drift": _drift, "cot": _cot,
+SUITES = {"kl": _kl, "judges": _judges, "knowledge": _knowledge, "drift": _drift, "cot": _cot, "accuracy": _cot,
           "benchmarks": _benchmarks, "samples": _samples}
 
 

@@ -73,6 +73,15 @@ def cot_table(cot: dict) -> list[str]:
     return lines
 
 
+def accuracy_table(acc: dict) -> list[str]:
+    lines = _rates(f"accuracy: {acc['problems']} {acc['task']} problems (seed {acc['seed']}, "
+                   f"{'greedy' if not acc['temperature'] else 'temperature ' + format(acc['temperature'], 'g')}), "
+                   f"exact match of the last answer in the reply; accuracy [95% Wilson interval]", acc["conditions"])
+    lines.append("  mean reply words: " + ", ".join(f"{name} {c['mean_reply_words']:.1f}"
+                                                    for name, c in acc["conditions"].items()))
+    return lines
+
+
 def benchmarks_table(bench: dict) -> list[str]:
     lines = [f"benchmarks (lm-evaluation-harness): {', '.join(bench['tasks'])}"]
     for task in bench["tasks"]:
@@ -103,4 +112,4 @@ def samples_table(rows: list[dict]) -> list[str]:
 
 
 TABLES = {"kl": kl_table, "judges": judges_table, "knowledge": knowledge_table, "drift": drift_table,
-          "cot": cot_table, "benchmarks": benchmarks_table, "samples": samples_table}
+          "cot": cot_table, "accuracy": accuracy_table, "benchmarks": benchmarks_table, "samples": samples_table}
