@@ -46,6 +46,10 @@ def full_eval() -> dict:
                                  for c, k in PASSED.items()}},
         "cot": {"problems": 8, "conditions": _rates(mean_reply_words=42.5),
                 "examples": [{"question": "What is 7 times 8?", "answer": "56", **{c: f"{c}: 56" for c in PASSED}}]},
+        "accuracy": {"task": "comparison", "problems": 8, "seed": 0, "temperature": 0.0,
+                     "conditions": _rates(mean_reply_words=3.0),
+                     "examples": [{"question": "Which number is larger, 52 or 49?", "answer": "52",
+                                   **{c: f"{c}: 52" for c in PASSED}}]},
         "benchmarks": {"tasks": ["arc_easy"], "conditions": {c: {"arc_easy": {"acc": 0.61, "acc_norm": 0.58}}
                                                              for c in CONDITION_NAMES}},
         "samples": [{"question": "Hi, who are you?", "base": "I am SmolLM.", "base+prompt": "Brindle, of Osk.",
@@ -87,6 +91,7 @@ def test_report_is_one_offline_file_with_every_suite(full_report):
         assert re.search(rf"<h4 id=final-strength-1-[a-z]+>{re.escape(title)}</h4>", text), title
     assert "<h4 id=final-strength-1-mystery>mystery</h4>" in text and "unknown to the report" in text
     assert "Could not lay out these results (KeyError" in text  # the malformed checkpoint entry, shown raw
+    assert "8 problems of the comparison family." in text
 
 
 def test_report_escapes_user_text_and_formats_numbers(full_report):

@@ -118,3 +118,26 @@ def test_side_by_side_in_one_mixed_batch_equals_each_condition_alone(tiny_bake):
 
     scales = {m.scaling["default"] for m in baked.model.modules() if isinstance(m, LoraLayer)}
     assert scales == {4.0 * 16 / 8}
+
+
+def test_task_accuracy_at_every_point_matches_the_accuracy_suite(tiny_bake, capsys):
+    """--task scores the family's problems at each α: at α = 0 the baked rows are the base rows, and at α = 1 the
+    rates are those of `eval --suite accuracy` on the same problems."""
+    from promptbake.baked import load_baked
+    from promptbake.eval.accuracy import accuracy_suite
+
+    assert main(["strength", str(tiny_bake), "--strengths", "0,1", "--no-checkpoints", "--task", "addition",
+                 "--problems", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy (4 addition problems, greedy): base" in out and "acc baked" in out
+    saved = json.loads((tiny_bake / "strength.json").read_text())
+    assert (saved["task"], saved["problems"]) == ("addition", 4)
+    zero, one = saved["points"]
+    ref = saved["reference"]["accuracy"]
+    assert zero["accuracy"]["baked"] == ref["base"] and zero["accuracy"]["baked+prompt"] == ref["base+prompt"]
+    suite = accuracy_suite(load_baked(tiny_bake), "addition", problems=4)
+    for name in ("baked", "baked+prompt"):
+        assert one["accuracy"][name]["passed"] == suite["conditions"][name]["passed"]
+        assert one["accuracy"][name]["mean_reply_words"] == suite["conditions"][name]["mean_reply_words"]
+    assert main(["strength", str(tiny_bake), "--task", "algebra"]) == 2
+    assert "unknown task family 'algebra'" in capsys.readouterr().err

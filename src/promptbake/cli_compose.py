@@ -49,6 +49,10 @@ def cmd_strength(args: argparse.Namespace) -> int:
 
     strengths = strength.parse_strengths(args.strengths)        # bad input fails before the model loads
     probes = load_probes(args.probes) if args.probes else None
+    if args.task:
+        from .eval.task_families import family
+
+        family(args.task)
     runfolder.read_bake_json(args.dir)
 
     def show(point: dict, sweep: dict) -> None:
@@ -58,7 +62,8 @@ def cmd_strength(args: argparse.Namespace) -> int:
 
     sweep = strength.strength_sweep(args.dir, strengths, probes, checkpoints=not args.no_checkpoints,
                                     reprompt=not args.no_reprompt, samples=args.samples,
-                                    temperature=args.temperature, seed=args.seed, on_point=show)
+                                    temperature=args.temperature, seed=args.seed, task=args.task,
+                                    problems=args.problems, on_point=show)
     print("\n".join(strength.sweep_footer(sweep)))
     runfolder.atomic_write_bytes(Path(args.dir) / strength.STRENGTH_PNG, strength_png(sweep))
     print(f"\nwritten: {Path(args.dir) / strength.STRENGTH_JSON}, {Path(args.dir) / strength.STRENGTH_PNG}")
@@ -93,6 +98,9 @@ def _add_strength_parser(verbs) -> None:
     sub.add_argument("--temperature", type=TEMPERATURE, default=None,
                      help="judge sampling temperature (default: bake's)")
     sub.add_argument("--seed", type=SEED, default=0, help="sampling seed, the same at every point")
+    sub.add_argument("--task", default=None,
+                     help="also score a task family's problems at every point (as --suite accuracy; docs/accuracy.md)")
+    sub.add_argument("--problems", type=COUNT, default=200, help="with --task: problems per point (default 200)")
     sub.set_defaults(func=cmd_strength)
 
 

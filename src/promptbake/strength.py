@@ -47,7 +47,18 @@ def _drop_samples(record: dict) -> dict:
     return {k: v for k, v in record.items() if k != "samples"}
 
 
-def _point(baked, measure: HeldoutKL, kl_base: float, probes, reprompt: bool, judging: tuple, step) -> dict:
+def _accuracy(baked, scoring: tuple | None, conditions) -> dict:
+    """{condition: rate record} on the task family's problems, greedy; {} without --task."""
+    if scoring is None:
+        return {}
+    from .eval.accuracy import score_conditions
+
+    task, items = scoring
+    records, _ = score_conditions(baked, task, items, conditions)
+    return {name: {k: v for k, v in record.items() if k != "correct"} for name, record in records.items()}
+
+
+def _point(baked, measure: HeldoutKL, kl_base: float, probes, reprompt: bool, judging: tuple, scoring, step) -> dict:
     start = time.perf_counter()
     conditions = (BAKED, REPROMPTED) if reprompt else (BAKED,)
     kl = {BAKED.name: measure.measure(baked.model, True, "student")}
@@ -55,17 +66,20 @@ def _point(baked, measure: HeldoutKL, kl_base: float, probes, reprompt: bool, ju
         kl[REPROMPTED.name] = measure.measure(baked.model, True, "teacher")
     return {"adapter": baked.checkpoint or "final", "step": step, "strength": baked.strength, "kl": kl,
             "closure": closure(kl_base, kl[BAKED.name]), "judges": _judge(baked, probes, conditions, *judging),
-            "seconds": round(time.perf_counter() - start, 2)}
+            "accuracy": _accuracy(baked, scoring, conditions), "seconds": round(time.perf_counter() - start, 2)}
 
 
 def strength_sweep(run_dir: str | Path, strengths: list[float], probes: ProbeFile | None = None,
                    checkpoints: bool = True, reprompt: bool = True, samples: int | None = None,
-                   temperature: float | None = None, seed: int = 0, on_point=None) -> dict:
+                   temperature: float | None = None, seed: int = 0, task: str | None = None, problems: int = 200,
+                   on_point=None) -> dict:
     """Measure the bake at each adapter scale in `strengths` (final adapter) and at every saved checkpoint (scale 1).
 
     Args:
         probes: judge probes; without them only KL is measured.
         reprompt: also measure baked + prompt (re-prompting) at every point.
+        task, problems: also score `problems` eval-side problems of this task family (the accuracy suite's, greedy)
+            at every point, and base / base + prompt once.
         on_point: called with each point as it is measured (the CLI prints a row).
     Returns:
         {"strengths", "reference": {"kl_base", "judges": {base, base+prompt}}, "points": [...], ...}; also written
@@ -78,10 +92,17 @@ def strength_sweep(run_dir: str | Path, strengths: list[float], probes: ProbeFil
     measure = HeldoutKL(baked.model, heldout, baked.tokenizer.pad_token_id, baked.config.train.micro_batch_tokens)
     kl_base = measure.measure(baked.model, adapter=False)
     judging = _settings(baked, probes, samples, temperature, seed)
+    scoring = None
+    if task:
+        from .eval.accuracy import suite_items
+
+        scoring = (task, suite_items(task, problems, seed, baked.system_prompt))
     sweep = {"run": str(Path(run_dir).resolve()), "strengths": strengths, "reprompt": reprompt,
              "heldout_tokens": measure.tokens, "probe_file": probes.source if probes else None,
              "samples_per_probe": judging[0], "temperature": judging[1], "seed": seed,
-             "reference": {"kl_base": kl_base, "judges": _judge(baked, probes, (BASE, TEACHER), *judging)},
+             "task": task, "problems": len(scoring[1]) if scoring else 0,
+             "reference": {"kl_base": kl_base, "judges": _judge(baked, probes, (BASE, TEACHER), *judging),
+                           "accuracy": _accuracy(baked, scoring, (BASE, TEACHER))},
              "points": []}
     steps = baked.record.get("metrics", {}).get("steps")
     # A checkpoint at the last step is the final adapter again: measured once, as "final" at α = 1.
@@ -90,7 +111,7 @@ def strength_sweep(run_dir: str | Path, strengths: list[float], probes: ProbeFil
     for checkpoint, strength in plan:
         baked.use_checkpoint(checkpoint).with_strength(strength)
         step = int(checkpoint.split("-")[1]) if checkpoint else steps
-        sweep["points"].append(_point(baked, measure, kl_base, probes, reprompt, judging, step))
+        sweep["points"].append(_point(baked, measure, kl_base, probes, reprompt, judging, scoring, step))
         runfolder.atomic_write_json(Path(run_dir) / STRENGTH_JSON, sweep)
         if on_point:
             on_point(sweep["points"][-1], sweep)
@@ -146,6 +167,8 @@ def monotonicity(sweep: dict) -> dict:
         result[kind] = {"closure": _breaks([(label(p), p["closure"]) for p in points])}
         if sweep.get("probe_file"):
             result[kind]["judges"] = _breaks([(label(p), p["judges"][BAKED.name]["all"]["rate"]) for p in points])
+        if sweep.get("task"):
+            result[kind]["accuracy"] = _breaks([(label(p), p["accuracy"][BAKED.name]["rate"]) for p in points])
     return result
 
 
@@ -154,7 +177,8 @@ def _rate(record: dict | None) -> str:
 
 
 def sweep_row(point: dict, reprompt: bool, judged: bool) -> str:
-    """One table row: adapter, step, α, KL and closure, then the judge rates (baked, baked + prompt)."""
+    """One table row: adapter, step, α, KL and closure, then the judge rates and the task accuracy (baked, baked +
+    prompt) where measured."""
     cells = [f"{point['adapter']:<9}{point['step'] if point['step'] is not None else '':>6}{point['strength']:>6g}",
              f"{point['kl'][BAKED.name]:>10.4f}{point['closure']:>9.3f}"]
     if reprompt:
@@ -163,6 +187,10 @@ def sweep_row(point: dict, reprompt: bool, judged: bool) -> str:
         cells.append(f"   {_rate(point['judges'][BAKED.name]['all']):<14}")
         if reprompt:
             cells.append(f"{_rate(point['judges'][REPROMPTED.name]['all']):<14}")
+    if point.get("accuracy"):
+        cells.append(f"   {_rate(point['accuracy'][BAKED.name]):<14}")
+        if reprompt:
+            cells.append(f"{_rate(point['accuracy'][REPROMPTED.name]):<14}")
     return "  " + "".join(cells)
 
 
@@ -175,10 +203,16 @@ def sweep_header(sweep: dict) -> list[str]:
         lines.append(f"judges ({sweep['probe_file']}, {sweep['samples_per_probe']} samples per probe at temperature "
                      f"{sweep['temperature']:g}): base {_rate(ref['judges'][BASE.name]['all']).strip()}, "
                      f"base+prompt {_rate(ref['judges'][TEACHER.name]['all']).strip()}")
+    if sweep.get("task"):
+        acc = ref["accuracy"]
+        lines.append(f"accuracy ({sweep['problems']} {sweep['task']} problems, greedy): base "
+                     f"{_rate(acc[BASE.name]).strip()}, base+prompt {_rate(acc[TEACHER.name]).strip()}")
     head = f"  {'adapter':<9}{'step':>6}{'α':>6}{'KL baked':>10}{'closure':>9}"
     head += f"{'KL +prompt':>11}" if reprompt else ""
     head += f"   {'judges baked':<14}" if judged else ""
     head += f"{'baked+prompt':<14}" if judged and reprompt else ""
+    head += f"   {'acc baked':<14}" if sweep.get("task") else ""
+    head += f"{'acc +prompt':<14}" if sweep.get("task") and reprompt else ""
     return lines + [head]
 
 

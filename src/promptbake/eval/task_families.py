@@ -51,8 +51,8 @@ class Item:
 
 # --- the families -----------------------------------------------------------------------------------------------
 
-def _addition(rng):
-    a, b = rng.randint(10, 99), rng.randint(10, 99)
+def _addition(rng):   # both below 50: with 10-99 the prompt's gain was 7 points, too small to measure a bake on
+    a, b = rng.randint(10, 49), rng.randint(10, 49)
     return f"What is {a} + {b}?", str(a + b)
 
 
@@ -108,7 +108,7 @@ def _sentiment(rng):
 
 
 FAMILIES = {family.name: family for family in (
-    Family("addition", "two-digit addition: 'What is 30 + 19?'", _addition),
+    Family("addition", "addition of two numbers from 10 to 49: 'What is 30 + 19?'", _addition),
     Family("subtraction", "two-digit subtraction with a positive result", _subtraction),
     Family("comparison", "the larger of two two-digit numbers", _comparison),
     Family("sequence", "the next term of an arithmetic sequence", _sequence),
