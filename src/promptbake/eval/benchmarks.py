@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..logits import adapter_disabled
 from .conditions import CONDITIONS
+from .accuracy import MAX_NEW_TOKENS
 from .lm_eval_tasks import PREFIX, family_of, write_task
 from .task_families import FAMILIES
 
@@ -62,8 +63,7 @@ def benchmark_suite(baked, tasks: list[str], limit: int | None = None, include_p
     families = [task for task in tasks if family_of(task)]
     with tempfile.TemporaryDirectory(prefix="promptbake-tasks-") if families else contextlib.nullcontext() as folder:
         for task in families:
-            write_task(Path(folder), task, problems, seed, baked.system_prompt,
-                       **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
+            write_task(Path(folder), task, problems, seed, baked.system_prompt, max_new_tokens or MAX_NEW_TOKENS)
         paths = tuple(p for p in (include_path, folder) if p)
         result = _run(baked, tasks, limit, include_path, paths, batch_size, seed, allow_code_execution, families)
     return {**result, "seconds": time.perf_counter() - start}
