@@ -31,7 +31,7 @@ def test_auto_questions_are_written_and_a_rerun_from_them_trains_on_the_same_spl
     questions = _records(first / "questions.jsonl")
     assert record["questions"]["source"] == "auto" and record["questions"]["mix"]["targeted_fraction"] == 0.5
     assert {q["question"] for q in questions if q["split"] == "heldout"} == set(record["questions"]["heldout"])
-    assert {q["source"] for q in questions} - {"template", "prompt-pool", "generated", "builtin"} == set()
+    assert {q["source"] for q in questions} - {"template", "prompt-pool", "generated", "chat", "builtin"} == set()
     assert any(q["source"] != "builtin" for q in questions if q["split"] == "train")
     trained = {t.question for t in read_trajectories(first / "trajectories.jsonl") if t.split == "train"}
     assert trained == {q["question"] for q in questions if q["split"] == "train"}

@@ -7,8 +7,8 @@ import pytest
 
 from promptbake.autoquestions import auto_questions, relevance
 from promptbake.questions import builtin_questions, file_splits
-from promptbake.targeted import (grouped_split, near_duplicate_groups, parse_generated, prompt_pool, salient_phrases,
-                                 similarity, template_questions, usable)
+from promptbake.targeted import (grouped_split, near_duplicate_groups, parse_generated, parse_list, prompt_pool,
+                                 prompt_sentences, salient_phrases, similarity, template_questions, usable)
 
 NEWS = ("News update, 24 November 2026: astronomers have confirmed a new moon of Neptune, named Kessara. It was "
         "found in images from the Vera C. Rubin Observatory in Chile. Kessara is about 40 kilometres wide.")
@@ -32,6 +32,22 @@ def test_parse_generated_keeps_the_list_and_stops_at_the_next_example():
     text = ' What is Kessara?\n- "How wide is it?"\n- A statement, not a question\n\nText: You are Bob.\n- Who?'
     assert parse_generated(text) == ["What is Kessara?", "How wide is it?"]
     assert parse_generated("no list here") == []
+
+
+def test_parse_list_keeps_numbered_and_bulleted_questions_only():
+    reply = ('Here are five questions:\n\n1. What is Kessara?\n2) "How wide is it?"\n3. It is a moon.\n'
+             '- Who found it?\nWhy ask? Because.\n  4. Where is Chile?  ')
+    assert parse_list(reply) == ["What is Kessara?", "How wide is it?", "Who found it?", "Where is Chile?"]
+    assert parse_list("no list here?") == []
+
+
+def test_prompt_sentences_cut_at_sentence_ends_but_not_at_initials():
+    assert prompt_sentences(NEWS) == [
+        "News update, 24 November 2026: astronomers have confirmed a new moon of Neptune, named Kessara.",
+        "It was found in images from the Vera C. Rubin Observatory in Chile.",
+        "Kessara is about 40 kilometres wide."]
+    assert prompt_sentences("Be brief. No.  Answer in French!") == ["Answer in French!"]    # under 3 words: dropped
+    assert len(prompt_sentences(" ".join(f"Fact number {i} holds." for i in range(20)))) == 8
 
 
 @pytest.mark.parametrize("question, why", [
@@ -90,3 +106,20 @@ def test_a_runs_questions_file_reuses_its_split(tmp_path):
     assert file_splits(str(path)) == (["A?", "C?"], ["B?"])
     path.write_text(json.dumps({"question": "A?"}) + "\n")
     assert file_splits(str(path)) is None                  # no splits given: drawn as for any question file
+
+
+def test_chat_questions_of_the_embedded_model_ask_about_what_the_prompt_says():
+    """The chat request is the source of fact questions: SmolLM2's few-shot continuations rarely name the news, but
+    asked in a user turn which questions the text answers, most of its list items name what the text says."""
+    from promptbake.autoquestions import chat_questions
+    from promptbake.models import load_model
+    from promptbake.precision import place
+
+    model, tokenizer, _ = load_model("smollm2-135m", False, False)
+    model = place(model, "cpu", "float32")
+    questions = chat_questions(model, tokenizer, NEWS, seed=0)
+    assert len(questions) >= 40
+    named = [q for q in questions if any(w in q.lower() for w in ("kessara", "neptune", "rubin", "chile", "moon"))]
+    assert len(named) >= 0.5 * len(questions)
+    assert any("wide" in q.lower() or "size" in q.lower() or "diameter" in q.lower() for q in named)
+    assert chat_questions(model, tokenizer, NEWS, seed=0) == questions          # seeded

@@ -1,7 +1,8 @@
 """`--questions auto`: training and held-out questions aimed at what the prompt says, mixed with the general pool.
 
 Candidates come from targeted.py (templates over the prompt's names, a pool of prompt-sensitive questions, and
-questions the generator model writes). Each is ranked by its relevance: the KL between the base model with and
+questions the generator model writes, as a continued few-shot list and as a chat reply listing the questions the
+prompt and each of its sentences answer). Each is ranked by its relevance: the KL between the base model with and
 without the prompt over the first RELEVANCE_TOKENS tokens of the prompted model's greedy answer, a free measure of
 whether the prompt changes the answer. The most relevant fill the targeted share of the split; questions the prompt
 barely moves (below MIN_RELEVANCE) are dropped; the builtin pool fills the rest, so general behaviour and
@@ -24,10 +25,13 @@ from .models import load_model, resolve_model
 from .precision import place
 from .questions import AUTO, BUILTIN, builtin_questions, file_splits, is_generated, load_questions, split_questions
 from .sampling import batches_of, generate_batch, generation_config, stream_seed
-from .targeted import (FEW_SHOT, grouped_split, normalise, parse_generated, prompt_pool, similarity,
-                       template_questions, usable, NEAR_DUPLICATE)
+from .targeted import (CHAT_ASKS, FEW_SHOT, grouped_split, normalise, parse_generated, parse_list, prompt_pool,
+                       prompt_sentences, similarity, template_questions, usable, NEAR_DUPLICATE)
 
 GENERATIONS = 32           # few-shot continuations the generator writes (each holds a few questions)
+CHAT_WHOLE, CHAT_PER_SENTENCE = 8, 4   # chat replies per request about the whole prompt / each of its sentences
+CHAT_TOKENS = 96
+CHAT_TEMPERATURE = 0.7     # cooler than the few-shot list: the reply has to stay a list of questions
 GENERATION_TOKENS = 40
 RELEVANCE_TOKENS = 4       # answer tokens over which the relevance KL is averaged
 MIN_RELEVANCE = 0.02       # nats per token: a question the prompt moves less than this is not targeted
@@ -37,29 +41,56 @@ SCORE_BATCH = 64
 @dataclass
 class Candidate:
     question: str
-    source: str                # "template", "prompt-pool" or "generated"
+    source: str                # "template", "prompt-pool", "generated" or "chat"
     relevance: float | None = None
 
 
-def generate_candidates(model, tokenizer, system_prompt: str, seed: int, count: int = GENERATIONS) -> list[str]:
-    """Questions the generator writes by continuing FEW_SHOT for this prompt (plain text, no chat template)."""
-    ids = tokenizer(FEW_SHOT.format(prompt=system_prompt))["input_ids"]
+def generate_candidates(model, tokenizer, system_prompt: str, seed: int,
+                        count: int = GENERATIONS) -> list[tuple[str, str]]:
+    """(question, source) pairs the generator writes: `count` continuations of FEW_SHOT ("generated"), and chat
+    replies to CHAT_ASKS about the whole prompt and about each of its sentences ("chat")."""
+    return ([(q, "generated") for q in few_shot_questions(model, tokenizer, system_prompt, seed, count)]
+            + [(q, "chat") for q in chat_questions(model, tokenizer, system_prompt, seed)])
+
+
+def _generate(model, tokenizer, rows: list[list[int]], cfg: SampleConfig, stops: list[int], seed: int,
+              tag: str) -> list[str]:
+    """The decoded sampled continuations of `rows` (adapter off), those too long for the context left out."""
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if limit and len(ids) + GENERATION_TOKENS > limit:   # a long prompt: templates and the pool only
+    rows = [row for row in rows if not (limit and len(row) + cfg.max_new_tokens > limit)]
+    if not rows:
         return []
+    gen = generation_config(cfg, stops, tokenizer.pad_token_id)
+    with adapter_disabled(model), torch.no_grad():
+        out, _ = generate_batch(model, rows, gen, tokenizer.pad_token_id, stops,
+                                seeds=[stream_seed(seed, tag, i) for i in range(len(rows))])
+    return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens, _ in out]
+
+
+def few_shot_questions(model, tokenizer, system_prompt: str, seed: int, count: int = GENERATIONS) -> list[str]:
+    """Questions the generator writes by continuing FEW_SHOT for this prompt (plain text, no chat template)."""
     stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
     blank = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
     if len(blank) == 1:                    # the end of the list: stop there instead of writing the next example
         stops = sorted(set(stops) | set(blank))
     cfg = SampleConfig(sampling_temperature=1.0, top_p=0.95, max_new_tokens=GENERATION_TOKENS)
-    gen = generation_config(cfg, stops, tokenizer.pad_token_id)
-    with adapter_disabled(model), torch.no_grad():
-        out, _ = generate_batch(model, [ids] * count, gen, tokenizer.pad_token_id, stops,
-                                seeds=[stream_seed(seed, "question-generator", i) for i in range(count)])
-    questions = []
-    for tokens, _ in out:
-        questions += parse_generated(tokenizer.decode(tokens, skip_special_tokens=True))
-    return questions
+    rows = [tokenizer(FEW_SHOT.format(prompt=system_prompt))["input_ids"]] * count
+    texts = _generate(model, tokenizer, rows, cfg, stops, seed, "question-generator")
+    return [q for text in texts for q in parse_generated(text)]
+
+
+def chat_questions(model, tokenizer, system_prompt: str, seed: int) -> list[str]:
+    """The questions the generator lists when asked, in a user turn without a system prompt, which questions the
+    prompt (CHAT_WHOLE replies per request) and each of its sentences (CHAT_PER_SENTENCE) answer."""
+    sentences = prompt_sentences(system_prompt)
+    texts = [(system_prompt, CHAT_WHOLE)] + ([(s, CHAT_PER_SENTENCE) for s in sentences] if len(sentences) > 1
+                                             else [])
+    rows = [student_prompt_ids(tokenizer, f"{text}\n\n{ask}") for text, n in texts for ask in CHAT_ASKS
+            for _ in range(n)]
+    stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    cfg = SampleConfig(sampling_temperature=CHAT_TEMPERATURE, top_p=0.95, max_new_tokens=CHAT_TOKENS)
+    replies = _generate(model, tokenizer, rows, cfg, stops, seed, "chat-question-generator")
+    return [q for reply in replies for q in parse_list(reply)]
 
 
 @torch.no_grad()
@@ -92,7 +123,8 @@ def candidates(model, tokenizer, system_prompt: str, seed: int, generator=None) 
     gen_model, gen_tokenizer = generator or (model, tokenizer)
     raw = ([Candidate(q, "template") for q in template_questions(system_prompt)]
            + [Candidate(q, "prompt-pool") for q in prompt_pool()]
-           + [Candidate(q, "generated") for q in generate_candidates(gen_model, gen_tokenizer, system_prompt, seed)])
+           + [Candidate(q, source) for q, source in generate_candidates(gen_model, gen_tokenizer, system_prompt,
+                                                                         seed)])
     dropped: dict[str, int] = {}
     seen, kept = set(), []
     for candidate in raw:
@@ -152,7 +184,7 @@ def auto_questions(model, tokenizer, system_prompt: str, n_train: int, n_heldout
                "targeted": {"train": targeted_train, "heldout": len(t_heldout)},
                "general": {"train": len(train) - targeted_train, "heldout": len(g_heldout)},
                "by_source": {s: sum(r["source"] == s for r in records)
-                             for s in ("template", "prompt-pool", "generated", "builtin")},
+                             for s in ("template", "prompt-pool", "generated", "chat", "builtin")},
                "min_relevance": MIN_RELEVANCE}
     return train, heldout, records, summary
 

@@ -26,8 +26,9 @@ def _print_side_by_side(rows: list[dict]) -> None:
 def _print_metrics(metrics: dict, out: Path) -> None:
     print(f"\nheld-out KL(teacher ‖ model) per token: base {metrics['heldout_kl_before']:.4f} → "
           f"baked {metrics['heldout_kl_after']:.4f};  closure {metrics['closure']:.3f}")
-    print(f"sampling {metrics['sampling_seconds']:.0f} s, training+eval {metrics['train_and_eval_seconds']:.0f} s; "
-          f"adapter in {out / 'adapter'}")
+    questions = f"questions {metrics['questions_seconds']:.0f} s, " if "questions_seconds" in metrics else ""
+    print(f"{questions}sampling {metrics['sampling_seconds']:.0f} s, "
+          f"training+eval {metrics['train_and_eval_seconds']:.0f} s; adapter in {out / 'adapter'}")
 
 
 def _check_resume(args: argparse.Namespace, run: Path) -> None:

@@ -93,6 +93,10 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     teacher_prompt = teacher_system_prompt(config, system_prompt)
     model, tokenizer, source = load_base(config, merged=not carry)   # carrying: the teacher is the original base
     check_target_modules(model, config.train)   # before minutes of sampling, not after
+    prompt_tokens = len(tokenizer(teacher_prompt, add_special_tokens=False)["input_ids"])
+    # a prompt too long for any question is refused before the question phase spends time on it
+    _check_context(model, [{"teacher_prompt_ids": teacher_prompt_ids(tokenizer, "?", teacher_prompt)}],
+                   config.sample.max_new_tokens, prompt_tokens)
     if config.sample.turns > 1 and framing_kind(tokenizer) == "plain_prefix":
         raise UserError(f"--turns {config.sample.turns} needs a chat template to mark whose turn is whose, and this "
                         f"model's tokenizer has none; bake single-turn (--turns 1) or use a chat model")
@@ -104,13 +108,14 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
         print(f"promptbake: precision {decision['precision']} ({decision['reason']})", flush=True)
     if resume and (out / runfolder.QUESTIONS).is_file():   # the questions the killed run chose, not new ones
         chosen = (*file_splits(str(out / runfolder.QUESTIONS)), None, runfolder.read_bake_json(out)["questions"])
+    question_start = time.perf_counter()
     train_q, heldout_q, question_records, question_summary = chosen or bake_questions(config, model, tokenizer,
                                                                                      system_prompt, progress)
+    question_seconds = time.perf_counter() - question_start     # writing and ranking --questions auto's candidates
     train_jobs = build_jobs(tokenizer, teacher_prompt, train_q, "train", config.sample.trajectories_per_question)
     heldout_jobs = build_jobs(tokenizer, teacher_prompt, heldout_q, "heldout",
                               config.sample.heldout_trajectories_per_question)
     jobs = train_jobs + heldout_jobs
-    prompt_tokens = len(tokenizer(teacher_prompt, add_special_tokens=False)["input_ids"])
     _check_context(model, jobs, config.sample.max_new_tokens, prompt_tokens)
 
     with runfolder.run_lock(out):
@@ -197,7 +202,8 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
             model = place(merge_chain(to_float32_weights(model), config), config.model.device, config.model.precision)
         new_tokens = sum(len(t.completion_ids) for t in trajectories)
         runfolder.update_status(out, status="running", stage="sampled", metrics={
-            "sampling_seconds": seconds, "sampled_tokens": new_tokens, "sampling_tokens_per_s": new_tokens / seconds,
+            "questions_seconds": question_seconds, "sampling_seconds": seconds, "sampled_tokens": new_tokens,
+            "sampling_tokens_per_s": new_tokens / seconds,
             "unfinished_trajectories": sum(not t.finished for t in trajectories),
             "resumed_sampling_batches": bool(done)})
         return (model, tokenizer, source), teacher

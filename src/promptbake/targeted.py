@@ -3,7 +3,8 @@
 Three sources of candidates, ranked later by how much the prompt moves the model (autoquestions.py):
 - templates over the names and phrases the prompt contains ("Tell me about Kessara.");
 - a shipped pool of questions where system prompts tend to matter (identity, recent news, instructions);
-- questions the generator model writes, parsed from a few-shot list it continues (`parse_generated`).
+- questions the generator model writes, parsed from a few-shot list it continues (`parse_generated`), and from
+  the numbered lists it replies with as a chat model asked which questions the prompt answers (`parse_list`).
 Near-duplicates are grouped, so a question and its paraphrase never land on both sides of the split.
 """
 from __future__ import annotations
@@ -36,6 +37,14 @@ Text: {prompt}
 Questions a user might ask:
 -"""
 
+# the generator is also asked, as a chat model, for the questions a text answers: the text (the whole prompt, then
+# each of its sentences) in the user turn, then one of these requests; instruct models write numbered lists of
+# questions about the text's own facts, which the few-shot continuation above rarely does
+CHAT_ASKS = ("List 5 questions that this text answers.",
+             "What questions does this text answer? Write them as a numbered list.")
+MAX_SENTENCES = 8          # the first sentences of a long prompt; the rest share the whole-prompt list
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+(?=[A-Z0-9\"'])")
+
 TEMPLATES = ("Tell me about {}.", "What do you know about {}?", "What is {}?", "Have you heard of {}?",
              "What is the latest about {}?", "Why does {} matter?")
 # capitalised words that start sentences or name calendar things, not what a prompt is about
@@ -47,6 +56,7 @@ NOT_NAMES = {"a", "an", "the", "you", "your", "i", "we", "it", "its", "this", "t
              "july", "august", "september", "october", "november", "december", "there", "here", "after", "before"}
 MIN_WORDS, MAX_WORDS = 3, 30
 NEAR_DUPLICATE = 0.6   # Jaccard similarity of content-word sets at or above which two questions are one group
+_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s+[\"']?(.+\?)[\"']?\s*$")
 _WORD = re.compile(r"[A-Za-z0-9]+")
 _NAME = re.compile(r"[A-Z][\w-]*\.?(?:\s+[A-Z][\w-]*\.?)*")
 _STOP = NOT_NAMES | {"what", "who", "how", "why", "where", "which", "can", "could", "would", "tell", "me", "about",
@@ -79,8 +89,34 @@ def salient_phrases(system_prompt: str, limit: int = 8) -> list[str]:
     return ranked[:limit]
 
 
+def prompt_sentences(system_prompt: str, limit: int = MAX_SENTENCES) -> list[str]:
+    """The prompt cut into sentences (at . ! ? ; : before a capital or digit; initials such as 'C.' do not cut),
+    at most `limit`, each of at least MIN_WORDS words."""
+    out: list[str] = []
+    for line in system_prompt.splitlines():
+        parts = _SENTENCE_END.split(line.strip())
+        merged: list[str] = []
+        for part in parts:
+            if merged and re.search(r"\b[A-Z]\.$", merged[-1]):      # "Vera C." + "Rubin ..." is one sentence
+                merged[-1] += " " + part
+            else:
+                merged.append(part)
+        out += [part.strip() for part in merged if len(part.split()) >= MIN_WORDS]
+    return out[:limit]
+
+
 def template_questions(system_prompt: str) -> list[str]:
     return [template.format(phrase) for phrase in salient_phrases(system_prompt) for template in TEMPLATES]
+
+
+def parse_list(text: str) -> list[str]:
+    """The questions of a chat reply: every line that is a numbered or bulleted item ending in '?'."""
+    out = []
+    for line in text.splitlines():
+        match = _ITEM.match(line)
+        if match:
+            out.append(match.group(1).strip())
+    return out
 
 
 def parse_generated(text: str) -> list[str]:
