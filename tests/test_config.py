@@ -71,3 +71,27 @@ def test_package_bake_is_the_function_even_after_its_module_is_imported():
 
     importlib.import_module("promptbake.bake")
     assert callable(promptbake.bake) and promptbake.bake.__module__ == "promptbake.bake"
+
+
+@pytest.mark.parametrize("precision, temperature, given, want", [
+    ("bf16", 1.0, {}, (2, 4)),                                # bf16 units pay for twice the teacher samples
+    ("float32", 1.0, {}, (1, 2)),                             # without them the float32 schedule stays
+    ("bf16", 0.0, {}, (1, 2)),                                # a greedy teacher answers a question one way only
+    ("bf16", 1.0, {"sample.trajectories_per_question": 3}, (3, 6)),   # the batch follows a given sample count
+    ("float32", 1.0, {"train.batch_size": 8}, (1, 8)),
+])
+def test_the_auto_schedule_follows_the_precision(precision, temperature, given, want):
+    from promptbake.config import resolve_schedule
+
+    config = override(BakeConfig(), {"sample.sampling_temperature": temperature, **given})
+    resolved, line = resolve_schedule(config, precision)
+    assert (resolved.sample.trajectories_per_question, resolved.train.batch_size) == want
+    assert f"{want[0]} teacher sample(s) per training question, {want[1]} trajectories per step" in line
+    assert f"auto for {precision}" in line
+
+
+def test_a_schedule_given_in_full_is_kept_as_it_is():
+    from promptbake.config import resolve_schedule
+
+    config = override(BakeConfig(), {"sample.trajectories_per_question": 1, "train.batch_size": 2})
+    assert resolve_schedule(config, "bf16") == (config, None)

@@ -7,6 +7,7 @@ import torch
 
 from conftest import PERSONA, TINY_BAKE_FLAGS
 from promptbake.cli import main
+from promptbake.config import load_config
 
 
 def test_a_cuda_device_without_cuda_is_one_line_that_names_the_fix(tiny_model_dir, tmp_path, capsys):
@@ -158,3 +159,23 @@ def test_a_bf16_bake_runs_end_to_end_and_measures_closure_in_float32(tiny_bake_d
 
     tensors = load_file(str(next(merged.glob("*.safetensors"))))
     assert {t.dtype for t in tensors.values()} == {torch.float32}
+
+
+def test_a_bf16_bake_with_the_auto_schedule_samples_twice_per_question_and_records_it(tiny_model_dir, tmp_path):
+    """Without --trajectories-per-question and --batch-size, a bf16 bake samples 2 answers per training question
+    and trains 4 per step; config.yaml keeps the resolved values (so `promptbake train` and --resume use them) and
+    bake.json says why."""
+    out = tmp_path / "auto"
+    flags = list(TINY_BAKE_FLAGS)
+    for name in ("--trajectories-per-question", "--batch-size"):
+        del flags[flags.index(name):flags.index(name) + 2]
+    assert main(["bake", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), "--compare", "0",
+                 "--device", "cpu", "--precision", "bf16", "--questions", "builtin", *flags]) == 0
+    record = json.loads((out / "bake.json").read_text())
+    assert "2 teacher sample(s) per training question, 4 trajectories per step (auto for bf16" in record["schedule"]
+    assert (record["config"]["sample"]["trajectories_per_question"], record["config"]["train"]["batch_size"]) == (2, 4)
+    config = load_config(out / "config.yaml")
+    assert (config.sample.trajectories_per_question, config.train.batch_size) == (2, 4)
+    train = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()
+             if json.loads(line)["split"] == "train"]
+    assert len(train) == 8 and record["metrics"]["steps"] == 2      # 4 questions x 2 answers, 4 a step

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import runfolder
 from .base import carries_prompts, load_base
 from .checkpoint import latest_checkpoint
-from .config import BakeConfig, load_config, save_config
+from .config import BakeConfig, load_config, override, resolve_schedule, save_config
 from .data import read_trajectories
 from .distributed import barrier, is_main, world
 from .errors import UserError
@@ -69,7 +69,7 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
     record = runfolder.read_bake_json(out)
     if record.get("status") == "finished" and not overwrite:
         raise UserError(f"{out} already holds a finished bake; pass --overwrite to train it again")
-    config = config or load_config(out / runfolder.CONFIG_YAML)
+    config = _as_sampled(out, config or load_config(out / runfolder.CONFIG_YAML))
     trajectories = read_trajectories(out / runfolder.TRAJECTORIES)
     train = [t for t in trajectories if t.split == "train"]
     heldout = [t for t in trajectories if t.split == "heldout"]
@@ -150,6 +150,17 @@ def _root_teacher(config: BakeConfig, train, heldout, pad_id: int, train_cache, 
         with float32_weights(root):   # closure is measured against the float32 teacher
             heldout_cache = TeacherCache.compute(root, heldout, pad_id, config.train.micro_batch_tokens)
     return train_cache, heldout_cache
+
+
+def _as_sampled(out: Path, config: BakeConfig) -> BakeConfig:
+    """`config` with an auto (0) trajectories_per_question as the sample stage resolved it (the run's config.yaml)
+    and an auto batch size to match (config.resolve_schedule)."""
+    if config.sample.trajectories_per_question and config.train.batch_size:
+        return config
+    per = config.sample.trajectories_per_question
+    if not per:
+        per = load_config(out / runfolder.CONFIG_YAML).sample.trajectories_per_question
+    return resolve_schedule(override(config, {"sample.trajectories_per_question": per or 1}), "float32")[0]
 
 
 def _prepare_training(out: Path, config: BakeConfig, resume: bool) -> Path | None:

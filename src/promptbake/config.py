@@ -72,7 +72,8 @@ class SampleConfig:
                                 "a model id, folder or .gguf file like --model", "")
     train_questions: int = _help("questions used for training (drawn with the seed)", 192)
     heldout_questions: int = _help("questions held out for the closure metric, never trained on", 16)
-    trajectories_per_question: int = _help("teacher samples per training question", 1)
+    trajectories_per_question: int = _help("teacher samples per training question (0: auto, 2 where the model runs "
+                                           "in bf16, else 1, and 1 for a greedy teacher)", 0)
     heldout_trajectories_per_question: int = _help("teacher samples per held-out question", 2)
     turns: int = _help("assistant turns per training dialogue: 1 = single answers; N > 1 continues every training "
                        "question with a simulated user for N teacher answers, each trained on (held-out stays "
@@ -86,10 +87,13 @@ class SampleConfig:
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("train_questions", "heldout_questions", "trajectories_per_question",
-                     "heldout_trajectories_per_question", "max_new_tokens", "sample_batch_size", "turns"):
+        for name in ("train_questions", "heldout_questions", "heldout_trajectories_per_question", "max_new_tokens",
+                     "sample_batch_size", "turns"):
             if getattr(self, name) < 1:
                 out.append(f"sample.{name} must be >= 1 (got {show(getattr(self, name))})")
+        if self.trajectories_per_question < 0:
+            out.append(f"sample.trajectories_per_question must be >= 1, or 0 for auto "
+                       f"(got {show(self.trajectories_per_question)})")
         if self.sampling_temperature < 0:
             out.append(f"sample.sampling_temperature must be >= 0 (got {show(self.sampling_temperature)})")
         if not 0 < self.top_p <= 1:
@@ -128,7 +132,8 @@ class TrainConfig:
     warmup_steps: int = _help("linear warm-up steps", 4)
     weight_decay: float = _help("AdamW weight decay", 0.0)
     epochs: int = _help("passes over the training trajectories", 1)
-    batch_size: int = _help("trajectories per optimizer step", 2)
+    batch_size: int = _help("trajectories per optimizer step (0: auto, 2 per teacher sample of a question: 4 with 2 "
+                            "samples, 2 with 1)", 0)
     micro_batch_tokens: int = _help("padded tokens per forward pass (gradient accumulation splits a step)", 3072)
     max_grad_norm: float = _help("gradient clipping norm (0 = off)", 1.0)
     on_policy: float = _help("share of training steps that train on the student's own answers (sampled with the "
@@ -147,9 +152,11 @@ class TrainConfig:
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("lora_r", "epochs", "batch_size", "micro_batch_tokens"):
+        for name in ("lora_r", "epochs", "micro_batch_tokens"):
             if getattr(self, name) < 1:
                 out.append(f"train.{name} must be >= 1 (got {show(getattr(self, name))})")
+        if self.batch_size < 0:
+            out.append(f"train.batch_size must be >= 1, or 0 for auto (got {show(self.batch_size)})")
         for name in ("warmup_steps", "checkpoint_every", "eval_every", "teacher_cache_gb", "teacher_top_k"):
             if getattr(self, name) < 0:
                 out.append(f"train.{name} must be >= 0 (got {show(getattr(self, name))})")
@@ -357,6 +364,29 @@ def override(config: BakeConfig, dotted: dict[str, Any]) -> BakeConfig:
         else:
             data[key] = value
     return config_from_dict(data, where="command line")
+
+
+# The schedule that 'auto' (0) picks for sample.trajectories_per_question and train.batch_size, by the precision
+# the model runs in. bf16 units make sampling about 2x and a 4-trajectory step 1.5x the speed of float32's, which
+# pays for twice the teacher samples at the same 96 steps: held-out closure persona 0.871 -> 0.902, news 0.722 ->
+# 0.797 on an AMX CPU (a session whose write-up was lost; issue 17 saw 0.901 the same way). In float32 that
+# schedule would take the default bake past 3 minutes (docs/performance.md, 2026-12-07).
+AUTO_SAMPLES = {"bf16": 2, "float32": 1}
+STEP_PER_SAMPLE = 2   # auto batch size: trajectories per step per teacher sample of a question (96 steps either way)
+
+
+def resolve_schedule(config: BakeConfig, precision: str) -> tuple[BakeConfig, str | None]:
+    """(`config` with trajectories_per_question and batch_size filled in where they are 0 (auto), a line saying what
+    auto chose and why, or None when neither was auto)."""
+    per, batch = config.sample.trajectories_per_question, config.train.batch_size
+    if per and batch:
+        return config, None
+    # a greedy teacher gives one answer per question however often it is asked
+    per = per or (1 if config.sample.sampling_temperature == 0 else AUTO_SAMPLES.get(precision, 1))
+    batch = batch or STEP_PER_SAMPLE * per
+    resolved = override(config, {"sample.trajectories_per_question": per, "train.batch_size": batch})
+    return resolved, (f"schedule {per} teacher sample(s) per training question, {batch} trajectories per step (auto "
+                      f"for {precision}; --trajectories-per-question and --batch-size set them)")
 
 
 def check_strength(strength) -> float:

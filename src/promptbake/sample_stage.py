@@ -14,7 +14,7 @@ from pathlib import Path
 from . import __version__, runfolder
 from .autoquestions import bake_questions, check_question_model
 from .base import carries_prompts, chain_runs, load_base, merge_chain, teacher_system_prompt
-from .config import BakeConfig, save_config
+from .config import BakeConfig, resolve_schedule, save_config
 from .data import append_sampled, read_sampled, write_trajectories
 from .dialogues import continue_dialogues
 from .errors import UserError
@@ -92,6 +92,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     carry = carries_prompts(config)
     teacher_prompt = teacher_system_prompt(config, system_prompt)
     model, tokenizer, source = load_base(config, merged=not carry)   # carrying: the teacher is the original base
+    config, schedule = resolve_schedule(config, getattr(model, "promptbake_precision", "float32"))
     check_target_modules(model, config.train)   # before minutes of sampling, not after
     prompt_tokens = len(tokenizer(teacher_prompt, add_special_tokens=False)["input_ids"])
     # a prompt too long for any question is refused before the question phase spends time on it
@@ -106,6 +107,8 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     if progress:
         decision = model.promptbake_precision_decision
         print(f"promptbake: precision {decision['precision']} ({decision['reason']})", flush=True)
+        if schedule:
+            print(f"promptbake: {schedule}", flush=True)
     if resume and (out / runfolder.QUESTIONS).is_file():   # the questions the killed run chose, not new ones
         chosen = (*file_splits(str(out / runfolder.QUESTIONS)), None, runfolder.read_bake_json(out)["questions"])
     question_start = time.perf_counter()
@@ -138,6 +141,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
                 "system_prompt_tokens": prompt_tokens,
                 "framing": describe_framing(tokenizer, teacher_prompt),
                 "precision": getattr(model, "promptbake_precision_decision", None),
+                "schedule": schedule,
                 "fast_paths": paths,
                 "teacher": {"system_prompt": teacher_prompt, "carries_prompts": carry,
                             "model": "the original base model" if carry else "the base model with the --on chain "
