@@ -142,3 +142,20 @@ def test_on_policy_with_a_carried_chain_is_refused_before_anything_loads(tiny_mo
     assert _bake(tiny_model_dir, tmp_path / "run", NEWS, "--on", str(tiny_bake_dir), "--on-policy", "0.5") == 2
     assert "train.on_policy cannot be used with --on carrying the chain's prompts" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_questions_aimed_at_the_prompt_are_trained_twice_per_epoch(tiny_model_dir, tmp_path):
+    """targeted_passes (2 by default): the targeted share's trajectories are trained twice an epoch, the general
+    pool's once; bake.json counts the repeats and the steps follow (8 trajectories, 4 a step)."""
+    runs = {}
+    for passes in ("2", "1"):
+        out = tmp_path / passes
+        assert _bake(tiny_model_dir, out, NEWS, "--targeted-passes", passes) == 0
+        runs[passes] = json.loads((out / "bake.json").read_text())
+    questions = _records(tmp_path / "2" / "questions.jsonl")
+    aimed = {q["question"] for q in questions if q["source"] != "builtin" and q["split"] == "train"}
+    train = [t for t in read_trajectories(tmp_path / "2" / "trajectories.jsonl") if t.split == "train"]
+    repeated = sum(t.question in aimed for t in train)
+    assert repeated >= 2 and runs["2"]["metrics"]["repeated_trajectories"] == repeated
+    assert runs["2"]["metrics"]["steps"] == -(-(len(train) + repeated) // 4)
+    assert runs["1"]["metrics"]["repeated_trajectories"] == 0 and runs["1"]["metrics"]["steps"] == len(train) // 4

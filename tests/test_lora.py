@@ -1,6 +1,7 @@
 """Invariants of the LoRA student and its teacher, on the tiny random model."""
 import contextlib
 import json
+import math
 
 import pytest
 import torch
@@ -185,3 +186,27 @@ def test_bad_lora_layers_are_refused_with_the_fix(tiny, layers, message):
 
     with pytest.raises(UserError, match=message):
         add_lora(tiny[0], BakeConfig(train=TrainConfig(lora_layers=layers)).train, seed=0)
+
+
+def test_passes_train_each_trajectory_that_often_per_epoch(tiny, tmp_path, monkeypatch):
+    """`passes` (the targeted questions' second pass): every epoch trains trajectory i exactly passes[i] times, in
+    one shuffled order, and the step count follows."""
+    import promptbake.train as train_module
+
+    model, tokenizer = tiny
+    model = add_lora(model, TrainConfig(), seed=0)
+    trajectories = make_trajectories(tokenizer)
+    passes = [2] * 2 + [1] * (len(trajectories) - 2)
+    seen: list[int] = []
+    real = train_module._step_loss
+
+    def recording(model, rows, group, *args):
+        seen.extend(group)
+        return real(model, rows, group, *args)
+
+    monkeypatch.setattr(train_module, "_step_loss", recording)
+    cfg = TrainConfig(epochs=2, batch_size=2, checkpoint_every=0, warmup_steps=0)
+    summary = train_adapter(model, trajectories, cfg, tokenizer.pad_token_id, seed=0, run_dir=tmp_path,
+                            progress=False, passes=passes)
+    assert summary["steps"] == 2 * math.ceil(sum(passes) / 2)
+    assert sorted(seen) == sorted(i for i, n in enumerate(passes) for _ in range(2 * n))

@@ -7,8 +7,9 @@ import pytest
 
 from promptbake.autoquestions import auto_questions, relevance
 from promptbake.questions import builtin_questions, file_splits
-from promptbake.targeted import (grouped_split, near_duplicate_groups, parse_generated, parse_list, prompt_pool,
-                                 prompt_sentences, salient_phrases, similarity, template_questions, usable)
+from promptbake.targeted import (grouped_split, mentions, near_duplicate_groups, parse_list,
+                                 prompt_pool, prompt_sentences, prompt_terms, salient_phrases, similarity,
+                                 template_questions, usable)
 
 NEWS = ("News update, 24 November 2026: astronomers have confirmed a new moon of Neptune, named Kessara. It was "
         "found in images from the Vera C. Rubin Observatory in Chile. Kessara is about 40 kilometres wide.")
@@ -26,12 +27,6 @@ def test_salient_phrases_are_the_prompts_names_not_its_sentence_starters():
 def test_template_questions_name_each_phrase():
     questions = template_questions("You are Zorbl Quenthax from Vexaris-7.")
     assert "Tell me about Zorbl Quenthax." in questions and "What do you know about Vexaris-7?" in questions
-
-
-def test_parse_generated_keeps_the_list_and_stops_at_the_next_example():
-    text = ' What is Kessara?\n- "How wide is it?"\n- A statement, not a question\n\nText: You are Bob.\n- Who?'
-    assert parse_generated(text) == ["What is Kessara?", "How wide is it?"]
-    assert parse_generated("no list here") == []
 
 
 def test_parse_list_keeps_numbered_and_bulleted_questions_only():
@@ -81,8 +76,33 @@ def test_prompt_pool_is_distinct_from_the_builtin_pool():
 def test_relevance_is_zero_without_a_prompt_change_and_positive_with_one(tiny):
     model, tokenizer = tiny
     questions = ["What is your name?", "Where do you live?"]
-    assert relevance(model, tokenizer, "", questions) == pytest.approx([0.0, 0.0], abs=1e-6)
-    assert all(score > 1e-3 for score in relevance(model, tokenizer, NEWS, questions))
+    scores, answers = relevance(model, tokenizer, "", questions)
+    assert scores == pytest.approx([0.0, 0.0], abs=1e-6) and len(answers) == 2
+    assert all(score > 1e-3 for score in relevance(model, tokenizer, NEWS, questions)[0])
+
+
+def test_relevance_reads_a_longer_answer_than_it_scores_and_the_score_uses_only_the_first_tokens(tiny):
+    """The grounding check reads ANSWER_TOKENS of the greedy answer; the KL stays over the first RELEVANCE_TOKENS,
+    so reading more does not change the ranking score."""
+    model, tokenizer = tiny
+    questions = ["What is your name?", "Where do you live?"]
+    short_scores, short = relevance(model, tokenizer, NEWS, questions, tokens=4, answer_tokens=4)
+    long_scores, long = relevance(model, tokenizer, NEWS, questions, tokens=4, answer_tokens=16)
+    assert long_scores == pytest.approx(short_scores, rel=1e-5)
+    assert all(b.startswith(a) and len(b) >= len(a) for a, b in zip(short, long))
+    assert any(len(b) > len(a) for a, b in zip(short, long))
+
+
+def test_prompt_terms_are_the_prompts_own_words_not_the_ones_general_questions_use():
+    common = builtin_questions() + prompt_pool()
+    terms = prompt_terms(NEWS, common)
+    assert {"kessara", "neptune", "rubin", "chile", "kilometre"} <= terms
+    assert not {"moon", "the", "about", "what"} & terms              # 'moon' is in several general questions
+    persona = prompt_terms("You are Zorbl Quenthax, an explorer from the planet Vexaris-7. Mention your home.", common)
+    assert {"zorbl", "explorer"} <= persona and "home" not in persona and mentions("I come from Vexaris-7.", persona)
+    assert mentions("My name is Zorbl, and you?", persona) and mentions("Kessaras are moons.", terms)
+    assert not mentions("Paris is the capital of France.", terms)
+    assert prompt_terms("Always answer in French.", common) <= {"french"}   # a style prompt has few or none
 
 
 def test_auto_questions_mix_targeted_and_general_disjointly(tiny):
@@ -92,11 +112,31 @@ def test_auto_questions_mix_targeted_and_general_disjointly(tiny):
     assert all(similarity(t, h) < 0.6 for t in train for h in heldout)
     assert summary["targeted"] == {"train": sum(r["split"] == "train" and r["source"] != "builtin" for r in records),
                                    "heldout": 4}
-    assert 15 <= summary["targeted"]["train"] <= 20 and summary["general"]["heldout"] == 4
+    assert 10 <= summary["targeted"]["train"] <= 20 and summary["general"]["heldout"] == 4
     targeted = [r for r in records if r["source"] != "builtin"]
     assert all(r["relevance"] is not None and r["relevance"] >= summary["min_relevance"] for r in targeted)
     assert [r["question"] for r in records if r["split"] == "train"] and \
         {r["question"] for r in records if r["split"] == "heldout"} == set(heldout)
+    assert all(isinstance(r["grounded"], bool) for r in targeted) and summary["grounded"] >= 1
+
+
+def test_grounded_candidates_are_chosen_before_more_relevant_ungrounded_ones(tiny, monkeypatch):
+    """The targeted share is filled with the candidates whose question or greedy answer uses the prompt's own words
+    first, each part by relevance: here the grounded one is the least relevant and is still chosen."""
+    import promptbake.autoquestions as aq
+
+    model, tokenizer = tiny
+    pool = ["Tell me about Kessara now.", "What should I cook tonight?", "How do plants grow so fast?",
+            "Which sport is the best one?"]
+    monkeypatch.setattr(aq, "template_questions", lambda prompt: [])
+    monkeypatch.setattr(aq, "prompt_pool", lambda: pool)
+    monkeypatch.setattr(aq, "generate_candidates", lambda *args, **kwargs: [])
+    monkeypatch.setattr(aq, "relevance", lambda model, tokenizer, prompt, questions: (
+        [0.1 if "Kessara" in q else 1.0 for q in questions], ["" for _ in questions]))
+    train, heldout, records, summary = aq.auto_questions(model, tokenizer, NEWS, 4, 1, 0.25, seed=0)
+    targeted = [r for r in records if r["source"] != "builtin"]
+    assert [r["question"] for r in targeted if r["split"] == "train"] == ["Tell me about Kessara now."]
+    assert summary["grounded"] == 1
 
 
 def test_a_runs_questions_file_reuses_its_split(tmp_path):

@@ -1,12 +1,13 @@
 """`--questions auto`: training and held-out questions aimed at what the prompt says, mixed with the general pool.
 
-Candidates come from targeted.py (templates over the prompt's names, a pool of prompt-sensitive questions, and
-questions the generator model writes, as a continued few-shot list and as a chat reply listing the questions the
-prompt and each of its sentences answer). Each is ranked by its relevance: the KL between the base model with and
-without the prompt over the first RELEVANCE_TOKENS tokens of the prompted model's greedy answer, a free measure of
-whether the prompt changes the answer. The most relevant fill the targeted share of the split; questions the prompt
-barely moves (below MIN_RELEVANCE) are dropped; the builtin pool fills the rest, so general behaviour and
-locality are still trained.
+Candidates come from targeted.py (templates over the prompt's names, a pool of prompt-sensitive questions) and from
+the generator model, asked as a chat model which questions the prompt and each of its sentences answer. Each is
+ranked by its relevance: the KL between the base model with and without the prompt over the first
+RELEVANCE_TOKENS tokens of the prompted model's greedy answer, a free measure of whether the prompt changes the
+answer. Candidates whose question or greedy answer uses the prompt's own words (grounded: they make the teacher
+say what the prompt says) come first, each part by relevance, and fill the targeted share of the split; questions
+the prompt barely moves (below MIN_RELEVANCE) are dropped; the builtin pool fills the rest, so general behaviour
+and locality are still trained.
 """
 from __future__ import annotations
 
@@ -25,32 +26,30 @@ from .models import load_model, resolve_model
 from .precision import place
 from .questions import AUTO, BUILTIN, builtin_questions, file_splits, is_generated, load_questions, split_questions
 from .sampling import batches_of, generate_batch, generation_config, stream_seed
-from .targeted import (CHAT_ASKS, FEW_SHOT, grouped_split, normalise, parse_generated, parse_list, prompt_pool,
-                       prompt_sentences, similarity, template_questions, usable, NEAR_DUPLICATE)
+from .targeted import (CHAT_ASKS, grouped_split, mentions, normalise, parse_list, prompt_pool, prompt_sentences,
+                       prompt_terms, similarity, template_questions, usable, NEAR_DUPLICATE)
 
-GENERATIONS = 32           # few-shot continuations the generator writes (each holds a few questions)
 CHAT_WHOLE, CHAT_PER_SENTENCE = 8, 4   # chat replies per request about the whole prompt / each of its sentences
 CHAT_TOKENS = 96
-CHAT_TEMPERATURE = 0.7     # cooler than the few-shot list: the reply has to stay a list of questions
-GENERATION_TOKENS = 40
+CHAT_TEMPERATURE = 0.7     # the reply has to stay a list of questions
 RELEVANCE_TOKENS = 4       # answer tokens over which the relevance KL is averaged
+ANSWER_TOKENS = 16         # greedy answer tokens read for the prompt's own words (grounding)
 MIN_RELEVANCE = 0.02       # nats per token: a question the prompt moves less than this is not targeted
 SCORE_BATCH = 64
+TARGETED_SOURCES = ("template", "prompt-pool", "generated", "chat")   # questions.jsonl sources aimed at the prompt
 
 
 @dataclass
 class Candidate:
     question: str
-    source: str                # "template", "prompt-pool", "generated" or "chat"
+    source: str                # "template", "prompt-pool" or "chat" ("generated": the few-shot list of older runs)
     relevance: float | None = None
+    grounded: bool = False     # the question or the prompted model's greedy answer uses the prompt's own words
 
 
-def generate_candidates(model, tokenizer, system_prompt: str, seed: int,
-                        count: int = GENERATIONS) -> list[tuple[str, str]]:
-    """(question, source) pairs the generator writes: `count` continuations of FEW_SHOT ("generated"), and chat
-    replies to CHAT_ASKS about the whole prompt and about each of its sentences ("chat")."""
-    return ([(q, "generated") for q in few_shot_questions(model, tokenizer, system_prompt, seed, count)]
-            + [(q, "chat") for q in chat_questions(model, tokenizer, system_prompt, seed)])
+def generate_candidates(model, tokenizer, system_prompt: str, seed: int) -> list[tuple[str, str]]:
+    """(question, "chat") pairs: the questions the generator lists about the prompt and its sentences."""
+    return [(q, "chat") for q in chat_questions(model, tokenizer, system_prompt, seed)]
 
 
 def _generate(model, tokenizer, rows: list[list[int]], cfg: SampleConfig, stops: list[int], seed: int,
@@ -65,18 +64,6 @@ def _generate(model, tokenizer, rows: list[list[int]], cfg: SampleConfig, stops:
         out, _ = generate_batch(model, rows, gen, tokenizer.pad_token_id, stops,
                                 seeds=[stream_seed(seed, tag, i) for i in range(len(rows))])
     return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens, _ in out]
-
-
-def few_shot_questions(model, tokenizer, system_prompt: str, seed: int, count: int = GENERATIONS) -> list[str]:
-    """Questions the generator writes by continuing FEW_SHOT for this prompt (plain text, no chat template)."""
-    stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
-    blank = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
-    if len(blank) == 1:                    # the end of the list: stop there instead of writing the next example
-        stops = sorted(set(stops) | set(blank))
-    cfg = SampleConfig(sampling_temperature=1.0, top_p=0.95, max_new_tokens=GENERATION_TOKENS)
-    rows = [tokenizer(FEW_SHOT.format(prompt=system_prompt))["input_ids"]] * count
-    texts = _generate(model, tokenizer, rows, cfg, stops, seed, "question-generator")
-    return [q for text in texts for q in parse_generated(text)]
 
 
 def chat_questions(model, tokenizer, system_prompt: str, seed: int) -> list[str]:
@@ -94,28 +81,32 @@ def chat_questions(model, tokenizer, system_prompt: str, seed: int) -> list[str]
 
 
 @torch.no_grad()
-def relevance(model, tokenizer, system_prompt: str, questions: list[str],
-              tokens: int = RELEVANCE_TOKENS) -> list[float]:
-    """Per question: mean KL(prompted ‖ unprompted) of the base model over the first `tokens` tokens of the
-    prompted model's greedy answer (nats per token). The prompted side's logits are the decoding loop's own."""
+def relevance(model, tokenizer, system_prompt: str, questions: list[str], tokens: int = RELEVANCE_TOKENS,
+              answer_tokens: int = ANSWER_TOKENS) -> tuple[list[float], list[str]]:
+    """(scores, answers). Per question: the mean KL(prompted ‖ unprompted) of the base model over the first
+    `tokens` tokens of the prompted model's greedy answer (nats per token), and the first `answer_tokens` of that
+    answer as text. The prompted side's logits are the decoding loop's own."""
     stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
     pad = tokenizer.pad_token_id
-    gen = generation_config(SampleConfig(sampling_temperature=0.0, max_new_tokens=tokens), stops, pad)
+    gen = generation_config(SampleConfig(sampling_temperature=0.0, max_new_tokens=max(tokens, answer_tokens)),
+                            stops, pad)
     teacher = [teacher_prompt_ids(tokenizer, q, system_prompt) for q in questions]
     order = sorted(range(len(questions)), key=lambda i: len(teacher[i]))
-    scores = [0.0] * len(questions)
+    scores, answers = [0.0] * len(questions), [""] * len(questions)
     with adapter_disabled(model):
         for batch in batches_of(order, SCORE_BATCH):
             out, kept = generate_batch(model, [teacher[i] for i in batch], gen, pad, stops, keep=[0] * len(batch))
             rows = [Trajectory(question=questions[i], split="score", sample_index=0, teacher_prompt_ids=teacher[i],
-                               student_prompt_ids=student_prompt_ids(tokenizer, questions[i]), completion_ids=ids,
-                               text="", finished=done) for i, (ids, done) in zip(batch, out)]
+                               student_prompt_ids=student_prompt_ids(tokenizer, questions[i]),
+                               completion_ids=ids[:tokens], text="", finished=done)
+                    for i, (ids, done) in zip(batch, out)]
             collated = collate_for(model, rows, pad)
             student = completion_logits(model, collated, "student")                 # [B, C, V]
             for j, (i, row) in enumerate(zip(batch, rows)):
                 n = len(row.completion_ids)
-                scores[i] = float(per_token_kl(kept[j][None].to(student.device), student[j:j + 1, :n]).mean())
-    return scores
+                scores[i] = float(per_token_kl(kept[j][None, :n].to(student.device), student[j:j + 1, :n]).mean())
+                answers[i] = tokenizer.decode(out[j][0], skip_special_tokens=True)
+    return scores, answers
 
 
 def candidates(model, tokenizer, system_prompt: str, seed: int, generator=None) -> tuple[list[Candidate], dict]:
@@ -137,8 +128,11 @@ def candidates(model, tokenizer, system_prompt: str, seed: int, generator=None) 
         seen.add(normalise(candidate.question))
         kept.append(candidate)
     if kept:
-        for candidate, score in zip(kept, relevance(model, tokenizer, system_prompt, [c.question for c in kept])):
+        terms = prompt_terms(system_prompt, builtin_questions() + prompt_pool())
+        scores, answers = relevance(model, tokenizer, system_prompt, [c.question for c in kept])
+        for candidate, score, answer in zip(kept, scores, answers):
             candidate.relevance = score
+            candidate.grounded = mentions(f"{candidate.question} {answer}", terms)
     relevant = [c for c in kept if c.relevance >= MIN_RELEVANCE]
     dropped["prompt barely changes the answer"] = len(kept) - len(relevant)
     return relevant, {"candidates": len(raw), "dropped": dropped}
@@ -157,7 +151,9 @@ def auto_questions(model, tokenizer, system_prompt: str, n_train: int, n_heldout
                         f"answer to none of the {counts['candidates']} candidates (is it the chat template's own "
                         f"default system prompt?); give your own questions with --questions FILE (.txt, one per "
                         f"line), or bake on the general pool with --questions builtin")
-    relevant.sort(key=lambda c: -c.relevance)
+    # grounded candidates first (they make the teacher use what the prompt says, not only change its manner),
+    # each part by relevance; a style prompt ("answer in French") has few or none, and falls back to relevance
+    relevant.sort(key=lambda c: (not c.grounded, -c.relevance))
     want_train, want_heldout = round(n_train * targeted_fraction), round(n_heldout * targeted_fraction)
     if want_heldout < 1 <= targeted_fraction * n_heldout * 2:
         want_heldout = 1
@@ -172,19 +168,20 @@ def auto_questions(model, tokenizer, system_prompt: str, n_train: int, n_heldout
     heldout = t_heldout + g_heldout
     train = [q for q in t_train + g_train if all(similarity(q, h) < NEAR_DUPLICATE for h in heldout)]
     trained = set(train)
-    records = ([{"question": q, "split": "train", "source": by_text[q].source, "relevance": by_text[q].relevance}
-                for q in t_train if q in trained]
+    records = ([{"question": q, "split": "train", "source": by_text[q].source, "relevance": by_text[q].relevance,
+                 "grounded": by_text[q].grounded} for q in t_train if q in trained]
                + [{"question": q, "split": "heldout", "source": by_text[q].source,
-                   "relevance": by_text[q].relevance} for q in t_heldout]
+                   "relevance": by_text[q].relevance, "grounded": by_text[q].grounded} for q in t_heldout]
                + [{"question": q, "split": "train", "source": "builtin", "relevance": None}
                   for q in g_train if q in trained]
                + [{"question": q, "split": "heldout", "source": "builtin", "relevance": None} for q in g_heldout])
     targeted_train = sum(r["split"] == "train" and r["source"] != "builtin" for r in records)
-    summary = {**counts, "relevant": len(relevant), "targeted_fraction": targeted_fraction,
+    summary = {**counts, "relevant": len(relevant), "grounded": sum(c.grounded for c in relevant),
+               "targeted_fraction": targeted_fraction,
                "targeted": {"train": targeted_train, "heldout": len(t_heldout)},
                "general": {"train": len(train) - targeted_train, "heldout": len(g_heldout)},
                "by_source": {s: sum(r["source"] == s for r in records)
-                             for s in ("template", "prompt-pool", "generated", "chat", "builtin")},
+                             for s in (*TARGETED_SOURCES, "builtin")},
                "min_relevance": MIN_RELEVANCE}
     return train, heldout, records, summary
 
@@ -228,8 +225,9 @@ def bake_questions(config, model, tokenizer, system_prompt: str,
         summary["question_model"] = sample.question_model or "the base model"
         if progress:
             print(f"questions: {summary['targeted']['train']} train + {summary['targeted']['heldout']} held-out aimed "
-                  f"at the prompt (of {summary['relevant']} relevant candidates), the rest from the builtin pool; "
-                  f"all in questions.jsonl", file=sys.stderr, flush=True)
+                  f"at the prompt (of {summary['relevant']} relevant candidates, {summary['grounded']} of them "
+                  f"drawing on its own words), the rest from the builtin pool; all in questions.jsonl",
+                  file=sys.stderr, flush=True)
         return train, heldout, records, summary
     given = file_splits(sample.questions)
     if given is None:

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import runfolder
+from .autoquestions import TARGETED_SOURCES
 from .base import carries_prompts, load_base
 from .checkpoint import latest_checkpoint
 from .config import BakeConfig, load_config, override, resolve_schedule, save_config
@@ -101,8 +102,9 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
             heldout_kl = HeldoutKL(model, heldout, pad_id, budget, heldout_cache) if main else None
             del heldout_cache
             rollouts = student_rollouts(model, tokenizer, config.sample, config.seed) if config.train.on_policy else None
+            passes = targeted_passes(out, train, config.train.targeted_passes)
             summary = train_adapter(model, train, config.train, pad_id, config.seed, out, heldout_kl, progress,
-                                    train_cache, resume_from=checkpoint, rollouts=rollouts)
+                                    train_cache, resume_from=checkpoint, rollouts=rollouts, passes=passes)
             if main:
                 save_adapter(model, out / runfolder.ADAPTER)
                 curve = summary["heldout_curve"]   # starts at step 0, the fresh adapter (B = 0): the base model
@@ -123,6 +125,8 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
                 "on_policy_steps": summary["on_policy_steps"], "teacher_cached": train_cache is not None,
                 "teacher_top_k": train_cache.top_k if train_cache else None,
                 "train_trajectories": len(train), "heldout_trajectories": len(heldout),
+                "targeted_passes": config.train.targeted_passes,
+                "repeated_trajectories": sum(passes) - len(train),
                 "heldout_tokens": heldout_kl.tokens, "processes": world()[1],
             })
             runfolder.update_status(out, status="finished", stage="finished", metrics=metrics,
@@ -150,6 +154,15 @@ def _root_teacher(config: BakeConfig, train, heldout, pad_id: int, train_cache, 
         with float32_weights(root):   # closure is measured against the float32 teacher
             heldout_cache = TeacherCache.compute(root, heldout, pad_id, config.train.micro_batch_tokens)
     return train_cache, heldout_cache
+
+
+def targeted_passes(out: Path, train: list, passes: int) -> list[int]:
+    """Per training trajectory, how often an epoch trains it: `passes` for the questions --questions auto aimed at
+    the prompt (questions.jsonl sources other than the general pool and files), 1 for the rest."""
+    path = out / runfolder.QUESTIONS
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+    aimed = {r["question"] for r in records if r.get("source") in TARGETED_SOURCES}
+    return [passes if t.question in aimed else 1 for t in train]
 
 
 def _as_sampled(out: Path, config: BakeConfig) -> BakeConfig:

@@ -132,6 +132,9 @@ class TrainConfig:
     warmup_steps: int = _help("linear warm-up steps", 4)
     weight_decay: float = _help("AdamW weight decay", 0.0)
     epochs: int = _help("passes over the training trajectories", 1)
+    targeted_passes: int = _help("times each epoch trains the trajectories of the questions aimed at the prompt "
+                                 "(--questions auto's targeted share; the general ones once): what the prompt says "
+                                 "is in few of the teacher's tokens, and a second pass is what bakes it", 2)
     batch_size: int = _help("trajectories per optimizer step (0: auto, 2 per teacher sample of a question: 4 with 2 "
                             "samples, 2 with 1)", 0)
     micro_batch_tokens: int = _help("padded tokens per forward pass (gradient accumulation splits a step)", 3072)
@@ -152,7 +155,7 @@ class TrainConfig:
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("lora_r", "epochs", "micro_batch_tokens"):
+        for name in ("lora_r", "epochs", "micro_batch_tokens", "targeted_passes"):
             if getattr(self, name) < 1:
                 out.append(f"train.{name} must be >= 1 (got {show(getattr(self, name))})")
         if self.batch_size < 0:

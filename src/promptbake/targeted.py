@@ -3,8 +3,9 @@
 Three sources of candidates, ranked later by how much the prompt moves the model (autoquestions.py):
 - templates over the names and phrases the prompt contains ("Tell me about Kessara.");
 - a shipped pool of questions where system prompts tend to matter (identity, recent news, instructions);
-- questions the generator model writes, parsed from a few-shot list it continues (`parse_generated`), and from
-  the numbered lists it replies with as a chat model asked which questions the prompt answers (`parse_list`).
+- questions the generator model writes: the numbered lists it replies with as a chat model asked which questions
+  the prompt answers (`parse_list`).
+The prompt's own words (`prompt_terms`) mark the candidates that make the teacher draw on what the prompt says.
 Near-duplicates are grouped, so a question and its paraphrase never land on both sides of the split.
 """
 from __future__ import annotations
@@ -13,33 +14,9 @@ import random
 import re
 from importlib import resources
 
-# the generator continues this list (a plain-text completion, no chat template): the three examples cover a fact,
-# a persona and an instruction, so the model sees what "a question this text changes" means for each kind
-FEW_SHOT = """Text: The old lighthouse on Gull Point was built in 1871 and its lamp can be seen 30 kilometres out at sea.
-Questions a user might ask:
-- When was the lighthouse on Gull Point built?
-- How far away can you see its lamp?
-- Where is the old lighthouse?
-
-Text: You are Captain Mirelle, a retired sailor who loves tea and speaks in short sentences.
-Questions a user might ask:
-- What is your name?
-- What did you do before you retired?
-- What do you like to drink?
-
-Text: Always answer in German, and end every reply with a joke.
-Questions a user might ask:
-- How do I cook rice?
-- What is the capital of Italy?
-- Can you recommend a good book?
-
-Text: {prompt}
-Questions a user might ask:
--"""
-
-# the generator is also asked, as a chat model, for the questions a text answers: the text (the whole prompt, then
-# each of its sentences) in the user turn, then one of these requests; instruct models write numbered lists of
-# questions about the text's own facts, which the few-shot continuation above rarely does
+# the generator is asked, as a chat model, for the questions a text answers: the text (the whole prompt, then each
+# of its sentences) in the user turn, then one of these requests; instruct models write numbered lists of questions
+# about the text's own facts (a continued few-shot list, tried before, rarely named them)
 CHAT_ASKS = ("List 5 questions that this text answers.",
              "What questions does this text answer? Write them as a numbered list.")
 MAX_SENTENCES = 8          # the first sentences of a long prompt; the rest share the whole-prompt list
@@ -55,6 +32,7 @@ NOT_NAMES = {"a", "an", "the", "you", "your", "i", "we", "it", "its", "this", "t
              "thursday", "friday", "saturday", "sunday", "january", "february", "march", "april", "may", "june",
              "july", "august", "september", "october", "november", "december", "there", "here", "after", "before"}
 MIN_WORDS, MAX_WORDS = 3, 30
+COMMON_IN = 2          # a prompt word used by this many general questions is no sign that a reply draws on the prompt
 NEAR_DUPLICATE = 0.6   # Jaccard similarity of content-word sets at or above which two questions are one group
 _ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s+[\"']?(.+\?)[\"']?\s*$")
 _WORD = re.compile(r"[A-Za-z0-9]+")
@@ -119,25 +97,34 @@ def parse_list(text: str) -> list[str]:
     return out
 
 
-def parse_generated(text: str) -> list[str]:
-    """The questions of one few-shot continuation: its '- ' lines up to the first line that is not one."""
-    out = []
-    for number, line in enumerate(text.split("\n")):
-        line = line.strip()
-        if number and not line.startswith("-"):
-            break
-        line = line.lstrip("- ").strip().strip('"').strip()
-        if line.endswith("?"):
-            out.append(line)
-    return out
-
-
 def normalise(question: str) -> str:
     return " ".join(question.lower().split()).rstrip("?.! ")
 
 
 def content_words(question: str) -> frozenset[str]:
     return frozenset(w.lower() for w in _WORD.findall(question) if w.lower() not in _STOP)
+
+
+def prompt_terms(system_prompt: str, common: list[str]) -> frozenset[str]:
+    """The prompt's own words: its content words (numbers included) that fewer than COMMON_IN of the `common`
+    questions use. 'kessara', 'neptune', 'rubin', '40' for the news example, 'zorbl' and 'vexaris' for the persona;
+    'moon', 'name' and 'home' are in several general questions, so they do not count."""
+    counts: dict[str, int] = {}
+    for question in common:
+        for word in _terms(question):
+            counts[word] = counts.get(word, 0) + 1
+    return frozenset(w for w in _terms(system_prompt) if counts.get(w, 0) < COMMON_IN)
+
+
+def mentions(text: str, terms: frozenset[str]) -> bool:
+    """Whether `text` uses one of the prompt's own words (prompt_terms)."""
+    return bool(_terms(text) & terms)
+
+
+def _terms(text: str) -> set[str]:
+    words = (w.lower() for w in _WORD.findall(text))
+    return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words
+            if w not in _STOP and (len(w) >= 3 or w.isdigit())}
 
 
 def similarity(a: str, b: str) -> float:

@@ -140,7 +140,7 @@ def _so_far(metrics_path: Path) -> tuple[list[dict], float]:
 
 def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int, seed: int, run_dir: Path,
                   heldout: HeldoutKL | None = None, progress: bool = True, cache: TeacherCache | None = None,
-                  resume_from: Path | None = None, rollouts=None) -> dict:
+                  resume_from: Path | None = None, rollouts=None, passes: list[int] | None = None) -> dict:
     """Train the LoRA adapter of `model` (a PeftModel) in place; write metrics.jsonl and checkpoints/step-N.
 
     `cache` holds the teacher's logits for `train` (same order); without it the teacher runs at every step.
@@ -152,6 +152,7 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
 
     `rollouts` (onpolicy.student_rollouts) makes the steps that onpolicy.is_on_policy picks (cfg.on_policy of them)
     train on the student's own answers, scored by the teacher at that step.
+    `passes` (one per trajectory of `train`, default 1 each): how often each epoch trains it, in one shuffled order.
 
     Returns a summary: steps, final training loss, held-out KL curve, seconds, on-policy steps.
     """
@@ -162,7 +163,8 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
     # fused: one kernel for all 420 LoRA tensors instead of per-tensor bias-correction scalars (~25 ms a step on CPU)
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    pool = [i for i, count in enumerate(passes or [1] * len(train)) for _ in range(count)]   # an epoch's rows
+    steps_per_epoch = math.ceil(len(pool) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _lr_factor(step, cfg.warmup_steps, total_steps, cfg.lr_schedule))
@@ -179,7 +181,7 @@ def train_adapter(model, train: list[Trajectory], cfg: TrainConfig, pad_id: int,
     bar = tqdm(total=total_steps, initial=resumed, desc="training", unit="step", disable=not (progress and main))
     start, step, on_policy_steps = time.perf_counter(), 0, 0
     for epoch in range(cfg.epochs):
-        order = torch.randperm(len(train), generator=order_rng).tolist()   # drawn every epoch: resume replays it
+        order = [pool[j] for j in torch.randperm(len(pool), generator=order_rng).tolist()]   # resume replays it
         for first in range(0, len(order), cfg.batch_size):
             if step < resumed:
                 step += 1
