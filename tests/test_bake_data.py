@@ -36,8 +36,13 @@ def test_auto_questions_are_written_and_a_rerun_from_them_trains_on_the_same_spl
     trained = {t.question for t in read_trajectories(first / "trajectories.jsonl") if t.split == "train"}
     assert trained == {q["question"] for q in questions if q["split"] == "train"}
     assert _bake(tiny_model_dir, second, NEWS, "--questions", str(first / "questions.jsonl")) == 0
-    again = json.loads((second / "bake.json").read_text())["questions"]
-    assert (again["train"], again["heldout"]) == (record["questions"]["train"], record["questions"]["heldout"])
+    again = json.loads((second / "bake.json").read_text())
+    assert (again["questions"]["train"], again["questions"]["heldout"]) == (record["questions"]["train"],
+                                                                            record["questions"]["heldout"])
+    # the sources come along, so the questions aimed at the prompt get their second pass again
+    assert {q["question"]: q["source"] for q in _records(second / "questions.jsonl")} == \
+        {q["question"]: q["source"] for q in questions}
+    assert again["metrics"]["repeated_trajectories"] == record["metrics"]["repeated_trajectories"] > 0
 
 
 def test_a_prompt_that_changes_nothing_gives_no_usable_question(tiny_model_dir, tmp_path, capsys):

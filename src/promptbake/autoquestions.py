@@ -24,7 +24,8 @@ from .losses import per_token_kl
 from .prompts import student_prompt_ids, teacher_prompt_ids, stop_token_ids
 from .models import load_model, resolve_model
 from .precision import place
-from .questions import AUTO, BUILTIN, builtin_questions, file_splits, is_generated, load_questions, split_questions
+from .questions import (AUTO, builtin_questions, file_sources, file_splits, is_generated, load_questions,
+                        split_questions)
 from .sampling import batches_of, generate_batch, generation_config, stream_seed
 from .targeted import (CHAT_ASKS, grouped_split, mentions, normalise, parse_list, prompt_pool, prompt_sentences,
                        prompt_terms, similarity, template_questions, usable, NEAR_DUPLICATE)
@@ -235,6 +236,8 @@ def bake_questions(config, model, tokenizer, system_prompt: str,
                                 config.seed)
     train, heldout = given
     source = sample.questions if is_generated(sample.questions) else "file"
-    records = ([{"question": q, "split": "train", "source": source, "relevance": None} for q in train]
-               + [{"question": q, "split": "heldout", "source": source, "relevance": None} for q in heldout])
+    kept = file_sources(sample.questions)        # a run's questions.jsonl keeps which questions were targeted
+    records = ([{"question": q, "split": "train", "source": kept.get(q, source), "relevance": None} for q in train]
+               + [{"question": q, "split": "heldout", "source": kept.get(q, source), "relevance": None}
+                  for q in heldout])
     return train, heldout, records, {"targeted_fraction": 0.0}

@@ -83,6 +83,20 @@ def file_splits(source: str) -> tuple[list[str], list[str]] | None:
     return train, heldout
 
 
+def file_sources(source: str) -> dict[str, str]:
+    """question -> its 'source' field, for the lines of a .jsonl question file that have one (a run's
+    questions.jsonl: a bake from it trains the questions aimed at the prompt as the first bake did)."""
+    if is_generated(source) or not source.endswith(".jsonl"):
+        return {}
+    path, text = _read_file(source)
+    out = {}
+    for line in text.splitlines():
+        record = json.loads(line) if line.strip() else None
+        if isinstance(record, dict) and isinstance(record.get("source"), str):
+            out[record["question"].strip()] = record["source"]
+    return out
+
+
 def load_questions(source: str) -> list[str]:
     """Questions from 'builtin', 'arithmetic', a task family ('addition', ...; its train side), a .txt file (one
     per line) or a .jsonl file ({"question": ...} per line).
