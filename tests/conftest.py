@@ -56,9 +56,12 @@ def make_trajectories(tokenizer, system_prompt=PERSONA, questions=QUESTIONS, len
     return out
 
 
+# one pass over every trajectory, so the shared tiny bake has exactly 2 steps (test_bake_data and test_resume cover
+# the default second pass over the targeted share)
 TINY_BAKE_FLAGS = ["--train-questions", "4", "--heldout-questions", "2", "--trajectories-per-question", "2",
                    "--heldout-trajectories-per-question", "1", "--max-new-tokens", "6", "--quiet",
-                   "--epochs", "1", "--batch-size", "4", "--checkpoint-every", "1", "--eval-every", "1"]
+                   "--epochs", "1", "--batch-size", "4", "--checkpoint-every", "1", "--eval-every", "1",
+                   "--targeted-passes", "1"]
 
 
 @pytest.fixture(scope="session")

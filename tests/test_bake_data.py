@@ -26,7 +26,7 @@ def _records(path: Path) -> list[dict]:
 
 def test_auto_questions_are_written_and_a_rerun_from_them_trains_on_the_same_split(tiny_model_dir, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
-    assert _bake(tiny_model_dir, first, NEWS) == 0
+    assert _bake(tiny_model_dir, first, NEWS, "--targeted-passes", "2") == 0
     record = json.loads((first / "bake.json").read_text())
     questions = _records(first / "questions.jsonl")
     assert record["questions"]["source"] == "auto" and record["questions"]["mix"]["targeted_fraction"] == 0.5
@@ -35,7 +35,8 @@ def test_auto_questions_are_written_and_a_rerun_from_them_trains_on_the_same_spl
     assert any(q["source"] != "builtin" for q in questions if q["split"] == "train")
     trained = {t.question for t in read_trajectories(first / "trajectories.jsonl") if t.split == "train"}
     assert trained == {q["question"] for q in questions if q["split"] == "train"}
-    assert _bake(tiny_model_dir, second, NEWS, "--questions", str(first / "questions.jsonl")) == 0
+    assert _bake(tiny_model_dir, second, NEWS, "--targeted-passes", "2", "--questions",
+                 str(first / "questions.jsonl")) == 0
     again = json.loads((second / "bake.json").read_text())
     assert (again["questions"]["train"], again["questions"]["heldout"]) == (record["questions"]["train"],
                                                                             record["questions"]["heldout"])
@@ -155,7 +156,7 @@ def test_the_questions_aimed_at_the_prompt_are_trained_twice_per_epoch(tiny_mode
     runs = {}
     for passes in ("2", "1"):
         out = tmp_path / passes
-        assert _bake(tiny_model_dir, out, NEWS, "--targeted-passes", passes) == 0
+        assert _bake(tiny_model_dir, out, NEWS, "--targeted-passes", passes) == 0   # the last flag wins
         runs[passes] = json.loads((out / "bake.json").read_text())
     questions = _records(tmp_path / "2" / "questions.jsonl")
     aimed = {q["question"] for q in questions if q["source"] != "builtin" and q["split"] == "train"}

@@ -25,13 +25,15 @@ FLAGS = ["--train-questions", "4", "--heldout-questions", "2", "--trajectories-p
 TOLERANCE = 1e-5
 
 # Each scenario: (module, function, call number, what happens at that call, checkpoint the resume starts from).
-# 8 training + 2 held-out trajectories sampled in 5 batches of 2, then 8 steps of 2 (2 epochs), checkpoints every 2.
+# 8 training + 2 held-out trajectories sampled in 5 batches of 2; the 4 answers to the 2 questions aimed at the prompt
+# are trained twice an epoch (--targeted-passes 2, the default), so 12 rows an epoch: 12 steps of 2 (2 epochs),
+# checkpoints every 2.
 SCENARIOS = {
     "between sampling batches": ("promptbake.sample_stage", "append_sampled", 3, "kill", None),
     "mid-write of a sampled batch": ("promptbake.sample_stage", "append_sampled", 3, "torn", None),
     "mid-epoch": ("promptbake.train", "_step_loss", 5, "kill", "step-4"),
     "while writing a checkpoint": ("promptbake.checkpoint", "save_file", 2, "kill", "step-2"),
-    "after the last step": ("promptbake.bake", "save_adapter", 1, "kill", "step-8"),
+    "after the last step": ("promptbake.bake", "save_adapter", 1, "kill", "step-12"),
 }
 
 ORIGINAL_COMMAND = ("mid-epoch", "after the last step")
@@ -63,6 +65,7 @@ sys.exit(main(sys.argv[1:]))
 def uninterrupted(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("whole") / "run"
     assert main(["bake", "--prompt", PERSONA, "--model", str(tiny_model_dir), "--out", str(out), *FLAGS]) == 0
+    assert json.loads((out / "bake.json").read_text())["metrics"]["repeated_trajectories"] == 4   # the arithmetic above
     return out
 
 
@@ -100,8 +103,9 @@ def test_killed_bake_resumes_to_the_uninterrupted_result(scenario, uninterrupted
     assert difference < TOLERANCE
     assert resumed["metrics"]["closure"] == pytest.approx(whole["metrics"]["closure"], abs=1e-4)
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(0, 9))                                   # each step recorded once, in order
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4", "step-6", "step-8"]
+    assert steps == list(range(0, 13))                                  # each step recorded once, in order
+    assert sorted(p.name for p in (out / "checkpoints").iterdir(), key=lambda n: int(n[5:])) == [
+        f"step-{n}" for n in range(2, 13, 2)]
 
 
 def test_resume_of_a_finished_or_foreign_folder_is_refused(uninterrupted, tmp_path, capsys):
