@@ -9,7 +9,8 @@ from conftest import PERSONA
 
 SMALL = ["--train-questions", "4", "--heldout-questions", "2", "--trajectories-per-question", "2",
          "--heldout-trajectories-per-question", "1", "--max-new-tokens", "6", "--quiet"]
-TRAIN_SMALL = ["--epochs", "1", "--batch-size", "4", "--checkpoint-every", "1", "--eval-every", "1"]
+TRAIN_SMALL = ["--epochs", "1", "--batch-size", "4", "--checkpoint-every", "1", "--eval-every", "1",
+               "--targeted-passes", "1"]   # one pass over every trajectory: the step counts below
 
 
 @pytest.fixture(scope="module")

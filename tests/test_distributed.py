@@ -46,7 +46,11 @@ def test_two_processes_train_the_one_process_adapter(sampled, tmp_path):
     assert (first["processes"], second["processes"]) == (1, 2)
     assert second["closure"] == pytest.approx(first["closure"], abs=1e-5)
     metrics = (two / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in metrics] == list(range(9))  # written once, by the main process
+    # the trajectories aimed at the prompt are trained twice an epoch (the default second pass), 4 rows a step
+    rows = second["train_trajectories"] + second["repeated_trajectories"]
+    assert second["repeated_trajectories"] > 0 and second["steps"] == 2 * -(-rows // 4) == first["steps"]
+    steps = [json.loads(line)["step"] for line in metrics]
+    assert steps == list(range(second["steps"] + 1))                 # written once, by the main process
 
 
 @pytest.mark.parametrize("backend", ["FSDP", "DEEPSPEED"])

@@ -104,7 +104,7 @@ def test_killed_bake_resumes_to_the_uninterrupted_result(scenario, uninterrupted
     assert resumed["metrics"]["closure"] == pytest.approx(whole["metrics"]["closure"], abs=1e-4)
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(0, 13))                                  # each step recorded once, in order
-    assert sorted(p.name for p in (out / "checkpoints").iterdir(), key=lambda n: int(n[5:])) == [
+    assert sorted((p.name for p in (out / "checkpoints").iterdir()), key=lambda n: int(n[5:])) == [
         f"step-{n}" for n in range(2, 13, 2)]
 
 

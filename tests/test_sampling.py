@@ -113,8 +113,8 @@ def test_top_k_kept_during_sampling_equals_top_k_of_the_full_logits(tiny):
     for row, what in enumerate(mixed[:n]):           # each row kept as asked
         if what == 0:
             assert torch.equal(kept[row], full[row])
-        elif what == 16:
-            assert all(torch.equal(a, b) for a, b in zip(kept[row], top[row]))
+        elif what == 16:   # the same ids; log-probs to rounding (another batch shape may take another kernel path)
+            assert torch.equal(kept[row][0], top[row][0]) and torch.allclose(kept[row][1], top[row][1], atol=1e-5)
         else:
             assert kept[row] is None
 
