@@ -25,6 +25,7 @@ from .errors import UserError
 from .eval.kl import HeldoutKL, closure
 from .logits import TeacherCache
 from .onpolicy import student_rollouts
+from .questions import file_sources
 from .precision import float32_weights
 from .sample_stage import build_jobs, sample_run  # noqa: F401 (build_jobs: API)
 from .train import add_lora, save_adapter, train_adapter
@@ -160,9 +161,8 @@ def targeted_passes(out: Path, train: list, passes: int) -> list[int]:
     """Per training trajectory, how often an epoch trains it: `passes` for the questions --questions auto aimed at
     the prompt (questions.jsonl sources other than the general pool and files), 1 for the rest."""
     path = out / runfolder.QUESTIONS
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
-    aimed = {r["question"] for r in records if r.get("source") in TARGETED_SOURCES}
-    return [passes if t.question in aimed else 1 for t in train]
+    sources = file_sources(str(path)) if path.is_file() else {}
+    return [passes if sources.get(t.question) in TARGETED_SOURCES else 1 for t in train]
 
 
 def _as_sampled(out: Path, config: BakeConfig) -> BakeConfig:
