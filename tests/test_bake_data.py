@@ -46,6 +46,28 @@ def test_auto_questions_are_written_and_a_rerun_from_them_trains_on_the_same_spl
     assert again["metrics"]["repeated_trajectories"] == record["metrics"]["repeated_trajectories"] > 0
 
 
+def test_a_question_files_samples_give_that_many_teacher_trajectories_and_a_rerun_keeps_them(tiny_model_dir,
+                                                                                               tmp_path):
+    """questions.jsonl's `samples` (set by --questions auto for a question whose answer uses a rare word of the
+    prompt) multiplies --trajectories-per-question for that question, each trajectory its own sample."""
+    from collections import Counter
+
+    rows = [{"question": "How wide is Kessara?", "split": "train", "source": "chat", "samples": 3},
+            {"question": "Name a red fruit.", "split": "train", "source": "builtin"},
+            {"question": "Who found Kessara?", "split": "heldout", "source": "chat"},
+            {"question": "Why is the sky blue?", "split": "heldout", "source": "builtin"}]
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _bake(tiny_model_dir, first, NEWS, "--questions", str(path), "--targeted-passes", "1") == 0
+    train = [t for t in read_trajectories(first / "trajectories.jsonl") if t.split == "train"]
+    assert Counter(t.question for t in train) == {"How wide is Kessara?": 6, "Name a red fruit.": 2}
+    assert len({tuple(t.completion_ids) for t in train if t.question == "How wide is Kessara?"}) > 1
+    assert _bake(tiny_model_dir, second, NEWS, "--questions", str(first / "questions.jsonl"),
+                 "--targeted-passes", "1") == 0
+    assert [r.get("samples", 1) for r in _records(second / "questions.jsonl")] == [3, 1, 1, 1]
+
+
 def test_a_prompt_that_changes_nothing_gives_no_usable_question(tiny_model_dir, tmp_path, capsys):
     """Baking the template's own default system prompt: prompted and unprompted are the same text."""
     assert _bake(tiny_model_dir, tmp_path / "run", DEFAULT_SYSTEM, "--quiet") == 2

@@ -88,14 +88,21 @@ def test_default_combine_distils_the_sum_toward_both_prompts(tiny_bake_dir, seco
     train, heldout, rows = _split(out)
     assert heldout == _split(tiny_bake_dir)[1] | _split(second_bake)[1] and not train & heldout
     assert train <= _split(tiny_bake_dir)[0] | _split(second_bake)[0]
-    assert {r["source"] for r in rows} == {"run0", "run1"}
+    assert {r["run"] for r in rows} == {0, 1}
+    own = {json.loads(line)["question"]: json.loads(line)["source"] for run in (tiny_bake_dir, second_bake)
+           for line in (run / "questions.jsonl").read_text().splitlines()}
+    assert all(r["source"] == own[r["question"]] for r in rows)      # each question keeps its run's source
     assert record["config"]["train"]["lora_r"] == 2 * json.loads((tiny_bake_dir / "bake.json").read_text())[
         "config"]["train"]["lora_r"]
 
 
 def test_combined_questions_keep_held_out_apart():
-    first = (["What is the capital of France?", "Name a red fruit.", "How do bees make honey?"], ["Why is the sky blue?"])
-    second = (["Why exactly is the sky blue?", "Tell me a joke."], ["What is the capital of France?"])
+    def rows_of(train, heldout):
+        return [{"question": q} for q in train], [{"question": q} for q in heldout]
+
+    first = rows_of(["What is the capital of France?", "Name a red fruit.", "How do bees make honey?"],
+                    ["Why is the sky blue?"])
+    second = rows_of(["Why exactly is the sky blue?", "Tell me a joke."], ["What is the capital of France?"])
     rows = combined_questions([first, second], n_train=3)
     train = [r["question"] for r in rows if r["split"] == "train"]
     heldout = [r["question"] for r in rows if r["split"] == "heldout"]
@@ -103,7 +110,23 @@ def test_combined_questions_keep_held_out_apart():
     # in turn from each run, leaving out a held-out question and a near-repeat of one, up to n_train
     assert train == ["Name a red fruit.", "Tell me a joke.", "How do bees make honey?"]
     with pytest.raises(UserError, match="--exact"):
-        combined_questions([(["Why is the sky blue?"], ["Why is the sky blue, exactly?"])], n_train=4)
+        combined_questions([rows_of(["Why is the sky blue?"], ["Why is the sky blue, exactly?"])], n_train=4)
+
+
+def test_combined_questions_keep_each_runs_targeted_sources_and_samples():
+    """A question aimed at a prompt stays one (its trajectories get train.targeted_passes in the distillation), with
+    its extra teacher samples; n_train counts trajectories."""
+    first = ([{"question": "Who is Zorbl?", "split": "train", "source": "template", "samples": 3},
+              {"question": "Name a red fruit.", "split": "train", "source": "builtin"}],
+             [{"question": "Where is Vexaris?", "split": "heldout", "source": "chat"}])
+    second = ([{"question": "How wide is Kessara?", "split": "train", "source": "chat"},
+               {"question": "How do bees make honey?", "split": "train", "source": "builtin"}],
+              [{"question": "Tell me a joke.", "split": "heldout", "source": "builtin"}])
+    rows = combined_questions([first, second], n_train=5)
+    assert [(r["question"], r["source"], r["run"], r.get("samples", 1)) for r in rows] == [
+        ("Who is Zorbl?", "template", 0, 3), ("How wide is Kessara?", "chat", 1, 1),
+        ("Name a red fruit.", "builtin", 0, 1), ("Where is Vexaris?", "chat", 0, 1),
+        ("Tell me a joke.", "builtin", 1, 1)]
 
 
 def test_combining_bakes_of_different_bases_is_refused(tiny_bake_dir, tiny_model_dir, tmp_path, capsys):

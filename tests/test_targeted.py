@@ -7,7 +7,7 @@ import pytest
 
 from promptbake.autoquestions import auto_questions, relevance
 from promptbake.questions import builtin_questions, file_splits
-from promptbake.targeted import (grouped_split, mentions, near_duplicate_groups, parse_list,
+from promptbake.targeted import (exposure_samples, grouped_split, mentions, near_duplicate_groups, parse_list,
                                  prompt_pool, prompt_sentences, prompt_terms, salient_phrases, similarity,
                                  template_questions, usable)
 
@@ -96,13 +96,26 @@ def test_relevance_reads_a_longer_answer_than_it_scores_and_the_score_uses_only_
 def test_prompt_terms_are_the_prompts_own_words_not_the_ones_general_questions_use():
     common = builtin_questions() + prompt_pool()
     terms = prompt_terms(NEWS, common)
-    assert {"kessara", "neptune", "rubin", "chile", "kilometre"} <= terms
+    assert {"kessara", "neptune", "rubin", "chile", "kilometre", "40"} <= terms   # a number counts, arithmetic or not
     assert not {"moon", "the", "about", "what"} & terms              # 'moon' is in several general questions
     persona = prompt_terms("You are Zorbl Quenthax, an explorer from the planet Vexaris-7. Mention your home.", common)
     assert {"zorbl", "explorer"} <= persona and "home" not in persona and mentions("I come from Vexaris-7.", persona)
     assert mentions("My name is Zorbl, and you?", persona) and mentions("Kessaras are moons.", terms)
     assert not mentions("Paris is the capital of France.", terms)
     assert prompt_terms("Always answer in French.", common) <= {"french"}   # a style prompt has few or none
+
+
+def test_exposure_samples_lift_rarely_used_prompt_words_to_the_floor():
+    """The rarest word first: the questions whose answers use it get one more sample each in turn, better-ranked
+    first, up to the cap; the extra samples count for every word of their question; common words get nothing."""
+    sets = [frozenset({"kessara"})] * 10 + [frozenset({"kessara", "40"}), frozenset({"40", "wide"}), frozenset()]
+    samples = exposure_samples(sets, floor=6, cap=4)
+    assert samples[:10] == [1] * 10 and samples[12] == 1
+    # 'wide' (1 answer) first: its one question goes to the cap (4), which lifts '40' from 2 to 5 answers; then
+    # '40' takes one more sample from its other question
+    assert samples[10:12] == [2, 4]
+    assert exposure_samples(sets, floor=20, cap=4)[10:12] == [4, 4]          # the cap holds whatever the floor
+    assert exposure_samples([frozenset()] * 3) == [1, 1, 1]                  # a style prompt: nothing to spread
 
 
 def test_auto_questions_mix_targeted_and_general_disjointly(tiny):
@@ -112,7 +125,9 @@ def test_auto_questions_mix_targeted_and_general_disjointly(tiny):
     assert all(similarity(t, h) < 0.6 for t in train for h in heldout)
     assert summary["targeted"] == {"train": sum(r["split"] == "train" and r["source"] != "builtin" for r in records),
                                    "heldout": 4}
-    assert 10 <= summary["targeted"]["train"] <= 20 and summary["general"]["heldout"] == 4
+    trajectories = summary["targeted"]["train"] + summary["extra_samples"]     # a question may have several samples
+    assert 10 <= trajectories <= 20 and summary["general"]["heldout"] == 4
+    assert trajectories == sum(r.get("samples", 1) for r in records if r["split"] == "train" and r["source"] != "builtin")
     targeted = [r for r in records if r["source"] != "builtin"]
     assert all(r["relevance"] is not None and r["relevance"] >= summary["min_relevance"] for r in targeted)
     assert [r["question"] for r in records if r["split"] == "train"] and \

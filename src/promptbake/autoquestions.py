@@ -7,7 +7,9 @@ RELEVANCE_TOKENS tokens of the prompted model's greedy answer, a free measure of
 answer. Candidates whose question or greedy answer uses the prompt's own words (grounded: they make the teacher
 say what the prompt says) come first, each part by relevance, and fill the targeted share of the split; questions
 the prompt barely moves (below MIN_RELEVANCE) are dropped; the builtin pool fills the rest, so general behaviour
-and locality are still trained.
+and locality are still trained. Within the targeted share, a question whose greedy answer uses a prompt word few
+other answers use gets more teacher samples (`samples` in questions.jsonl), so that every fact the candidates can
+draw out is said in several training answers; the share keeps its number of trajectories.
 """
 from __future__ import annotations
 
@@ -24,11 +26,11 @@ from .losses import per_token_kl
 from .prompts import student_prompt_ids, teacher_prompt_ids, stop_token_ids
 from .models import load_model, resolve_model
 from .precision import place
-from .questions import (AUTO, builtin_questions, file_sources, file_splits, is_generated, load_questions,
+from .questions import (AUTO, builtin_questions, file_samples, file_sources, file_splits, is_generated, load_questions,
                         split_questions)
 from .sampling import batches_of, generate_batch, generation_config, stream_seed
-from .targeted import (CHAT_ASKS, grouped_split, mentions, normalise, parse_list, prompt_pool, prompt_sentences,
-                       prompt_terms, similarity, template_questions, usable, NEAR_DUPLICATE)
+from .targeted import (CHAT_ASKS, exposure_samples, grouped_split, mentioned, normalise, parse_list, prompt_pool,
+                       prompt_sentences, prompt_terms, similarity, template_questions, usable, NEAR_DUPLICATE)
 
 CHAT_WHOLE, CHAT_PER_SENTENCE = 8, 4   # chat replies per request about the whole prompt / each of its sentences
 CHAT_TOKENS = 96
@@ -45,7 +47,11 @@ class Candidate:
     question: str
     source: str                # "template", "prompt-pool" or "chat" ("generated": the few-shot list of older runs)
     relevance: float | None = None
-    grounded: bool = False     # the question or the prompted model's greedy answer uses the prompt's own words
+    terms: frozenset[str] = frozenset()   # the prompt's own words its question or the prompted greedy answer uses
+
+    @property
+    def grounded(self) -> bool:         # it makes the teacher say what the prompt says, not only change its manner
+        return bool(self.terms)
 
 
 def generate_candidates(model, tokenizer, system_prompt: str, seed: int) -> list[tuple[str, str]]:
@@ -133,7 +139,7 @@ def candidates(model, tokenizer, system_prompt: str, seed: int, generator=None) 
         scores, answers = relevance(model, tokenizer, system_prompt, [c.question for c in kept])
         for candidate, score, answer in zip(kept, scores, answers):
             candidate.relevance = score
-            candidate.grounded = mentions(f"{candidate.question} {answer}", terms)
+            candidate.terms = mentioned(f"{candidate.question} {answer}", terms)
     relevant = [c for c in kept if c.relevance >= MIN_RELEVANCE]
     dropped["prompt barely changes the answer"] = len(kept) - len(relevant)
     return relevant, {"candidates": len(raw), "dropped": dropped}
@@ -163,28 +169,55 @@ def auto_questions(model, tokenizer, system_prompt: str, n_train: int, n_heldout
     t_train, t_heldout = grouped_split([c.question for c in pool], want_train, want_heldout, seed)
     if len(t_heldout) == len(pool):            # too few for both sides: the held-out set keeps one group at most
         t_train, t_heldout = grouped_split([c.question for c in pool], want_train, 1, seed)
+    t_train, samples = _spread_exposure(t_train, relevant)
     targeted = {normalise(c.question) for c in pool}
     general = [q for q in builtin_questions() if normalise(q) not in targeted]
-    g_train, g_heldout = split_questions(general, n_train - len(t_train), n_heldout - len(t_heldout), seed)
+    g_train, g_heldout = split_questions(general, max(0, n_train - sum(samples.values())), n_heldout - len(t_heldout), seed)
     heldout = t_heldout + g_heldout
     train = [q for q in t_train + g_train if all(similarity(q, h) < NEAR_DUPLICATE for h in heldout)]
     trained = set(train)
     records = ([{"question": q, "split": "train", "source": by_text[q].source, "relevance": by_text[q].relevance,
-                 "grounded": by_text[q].grounded} for q in t_train if q in trained]
+                 "grounded": by_text[q].grounded, **({"samples": samples[q]} if samples[q] > 1 else {})}
+                for q in t_train if q in trained]
                + [{"question": q, "split": "heldout", "source": by_text[q].source,
                    "relevance": by_text[q].relevance, "grounded": by_text[q].grounded} for q in t_heldout]
                + [{"question": q, "split": "train", "source": "builtin", "relevance": None}
                   for q in g_train if q in trained]
                + [{"question": q, "split": "heldout", "source": "builtin", "relevance": None} for q in g_heldout])
     targeted_train = sum(r["split"] == "train" and r["source"] != "builtin" for r in records)
+    exposure: dict[str, int] = {}
+    for q in t_train:
+        for term in by_text[q].terms if q in trained else ():
+            exposure[term] = exposure.get(term, 0) + samples[q]
     summary = {**counts, "relevant": len(relevant), "grounded": sum(c.grounded for c in relevant),
                "targeted_fraction": targeted_fraction,
+               "extra_samples": sum(samples[q] - 1 for q in t_train if q in trained),
+               "exposure": dict(sorted(exposure.items(), key=lambda item: (item[1], item[0]))),
                "targeted": {"train": targeted_train, "heldout": len(t_heldout)},
                "general": {"train": len(train) - targeted_train, "heldout": len(g_heldout)},
                "by_source": {s: sum(r["source"] == s for r in records)
                              for s in (*TARGETED_SOURCES, "builtin")},
                "min_relevance": MIN_RELEVANCE}
     return train, heldout, records, summary
+
+
+def _spread_exposure(t_train: list[str], ranked: list[Candidate]) -> tuple[list[str], dict[str, int]]:
+    """(questions, trajectories per question) for the targeted training share: a question whose greedy answer uses
+    a prompt word few others use gets more teacher samples (targeted.exposure_samples: the news example's "40"
+    kilometres came up in 4 of 181 candidates' answers), and the least relevant questions give way so the share
+    keeps its number of trajectories, and the bake its time."""
+    rank = {c.question: i for i, c in enumerate(ranked)}
+    terms = {c.question: c.terms for c in ranked}
+    ordered = sorted(t_train, key=lambda q: rank[q])
+    counts = dict(zip(ordered, exposure_samples([terms[q] for q in ordered])))
+    budget = len(ordered)
+    while sum(counts.values()) > budget:     # the least relevant single-sample question gives way first
+        last = next((q for q in reversed(ordered) if counts[q] == 1), ordered[-1])
+        counts[last] -= 1
+        if not counts[last]:
+            ordered.remove(last)
+            del counts[last]
+    return ordered, counts
 
 
 def check_question_model(config) -> None:
@@ -227,7 +260,8 @@ def bake_questions(config, model, tokenizer, system_prompt: str,
         if progress:
             print(f"questions: {summary['targeted']['train']} train + {summary['targeted']['heldout']} held-out aimed "
                   f"at the prompt (of {summary['relevant']} relevant candidates, {summary['grounded']} of them "
-                  f"drawing on its own words), the rest from the builtin pool; all in questions.jsonl",
+                  f"drawing on its own words; {summary['extra_samples']} extra samples for answers using its "
+                  f"rarer words), the rest from the builtin pool; all in questions.jsonl",
                   file=sys.stderr, flush=True)
         return train, heldout, records, summary
     given = file_splits(sample.questions)
@@ -237,7 +271,9 @@ def bake_questions(config, model, tokenizer, system_prompt: str,
     train, heldout = given
     source = sample.questions if is_generated(sample.questions) else "file"
     kept = file_sources(sample.questions)        # a run's questions.jsonl keeps which questions were targeted
-    records = ([{"question": q, "split": "train", "source": kept.get(q, source), "relevance": None} for q in train]
+    samples = file_samples(sample.questions)     # ... and which of them had more teacher samples
+    records = ([{"question": q, "split": "train", "source": kept.get(q, source), "relevance": None,
+                 **({"samples": samples[q]} if samples.get(q, 1) > 1 else {})} for q in train]
                + [{"question": q, "split": "heldout", "source": kept.get(q, source), "relevance": None}
                   for q in heldout])
     return train, heldout, records, {"targeted_fraction": 0.0}

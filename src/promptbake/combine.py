@@ -72,36 +72,46 @@ def summed_adapter(config: BakeConfig, runs: list[Path], weights: list[float]):
     return model, source
 
 
-def run_questions(run: Path, record: dict) -> tuple[list[str], list[str]]:
-    """(train, held-out) questions a finished bake used: its questions.jsonl, else bake.json's lists."""
+def run_questions(run: Path, record: dict) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) question records of a finished bake: its questions.jsonl lines (each with its source and
+    samples), else bake.json's lists."""
     path = run / runfolder.QUESTIONS
     if path.is_file():
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return ([r["question"] for r in rows if r.get("split") == "train"],
-                [r["question"] for r in rows if r.get("split") == "heldout"])
+        return [r for r in rows if r.get("split") == "train"], [r for r in rows if r.get("split") == "heldout"]
     questions = record.get("questions") or {}
-    return list(questions.get("train") or []), list(questions.get("heldout") or [])
+    return ([{"question": q} for q in questions.get("train") or []],
+            [{"question": q} for q in questions.get("heldout") or []])
 
 
-def combined_questions(splits: list[tuple[list[str], list[str]]], n_train: int) -> list[dict]:
+def combined_questions(splits: list[tuple[list[dict], list[dict]]], n_train: int) -> list[dict]:
     """questions.jsonl records for the distillation: every run's held-out questions stay held out (so each prompt's
     closure is measured on its own held-out set), and training takes the runs' training questions in turn, up to
-    `n_train`, leaving out any that repeats or nearly repeats a held-out one."""
+    `n_train` trajectories, leaving out any that repeats or nearly repeats a held-out one. Each keeps its run's
+    source and samples (a question aimed at a prompt keeps its second pass, train.targeted_passes) and says which
+    run it came from."""
+    def keep(row: dict, split: str, i: int) -> dict:
+        samples = row.get("samples", 1)
+        return {"question": row["question"], "split": split, "source": row.get("source") or f"run{i}", "run": i,
+                **({"samples": samples} if isinstance(samples, int) and samples > 1 else {})}
+
     heldout, records = [], []
     for i, (_, held) in enumerate(splits):
-        for q in held:
-            if q not in heldout:
-                heldout.append(q)
-                records.append({"question": q, "split": "heldout", "source": f"run{i}"})
+        for row in held:
+            if row["question"] not in heldout:
+                heldout.append(row["question"])
+                records.append(keep(row, "heldout", i))
     taken = set(heldout)
     longest = max(len(train) for train, _ in splits)
-    train_records = []
+    train_records, trajectories = [], 0
     for k in range(longest):
         for i, (train, _) in enumerate(splits):
-            if k < len(train) and len(train_records) < n_train and train[k] not in taken and \
-                    all(similarity(train[k], h) < NEAR_DUPLICATE for h in heldout):
-                taken.add(train[k])
-                train_records.append({"question": train[k], "split": "train", "source": f"run{i}"})
+            q = train[k]["question"] if k < len(train) else None
+            if q is not None and trajectories < n_train and q not in taken and \
+                    all(similarity(q, h) < NEAR_DUPLICATE for h in heldout):
+                taken.add(q)
+                train_records.append(keep(train[k], "train", i))
+                trajectories += train_records[-1].get("samples", 1)
     if not train_records:
         raise UserError("the combined bakes share no training question that is not also held out; combine with "
                         "--exact, or bake them with other questions")

@@ -86,14 +86,25 @@ def file_splits(source: str) -> tuple[list[str], list[str]] | None:
 def file_sources(source: str) -> dict[str, str]:
     """question -> its 'source' field, for the lines of a .jsonl question file that have one (a run's
     questions.jsonl: a bake from it trains the questions aimed at the prompt as the first bake did)."""
+    return _file_field(source, "source", str)
+
+
+def file_samples(source: str) -> dict[str, int]:
+    """question -> its 'samples' field (teacher trajectories per trajectories_per_question, default 1), for the
+    lines of a .jsonl question file that have one; a run's questions.jsonl gives more to the questions whose
+    answers use a rarely used word of the prompt."""
+    return {q: n for q, n in _file_field(source, "samples", int).items() if n >= 1 and not isinstance(n, bool)}
+
+
+def _file_field(source: str, name: str, kind: type) -> dict:
     if is_generated(source) or not source.endswith(".jsonl"):
         return {}
     path, text = _read_file(source)
     out = {}
     for line in text.splitlines():
         record = json.loads(line) if line.strip() else None
-        if isinstance(record, dict) and isinstance(record.get("source"), str):
-            out[record["question"].strip()] = record["source"]
+        if isinstance(record, dict) and isinstance(record.get(name), kind):
+            out[record["question"].strip()] = record[name]
     return out
 
 

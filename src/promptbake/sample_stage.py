@@ -22,7 +22,7 @@ from .fast_paths import describe_fast_paths, fallbacks
 from .logits import TeacherCache
 from .precision import place, to_float32_weights
 from .prompts import describe_framing, framing_kind, student_prompt_ids, teacher_prompt_ids
-from .questions import AUTO, file_splits
+from .questions import AUTO, file_samples, file_splits
 from .sampling import sample_trajectories
 from .train import check_start_adapter, check_target_modules
 
@@ -42,13 +42,16 @@ def _check_prompt(system_prompt: str) -> str:
     return system_prompt
 
 
-def build_jobs(tokenizer, system_prompt: str, questions: list[str], split: str, per_question: int) -> list[dict]:
+def build_jobs(tokenizer, system_prompt: str, questions: list[str], split: str, per_question: int,
+               samples: dict[str, int] | None = None) -> list[dict]:
+    """One sampling job per trajectory: `per_question` per question, times its `samples` (questions.jsonl; more for
+    a targeted question whose answer uses a rare word of the prompt), each with its own sample_index (seed)."""
     jobs = []
     for question in questions:
         teacher = teacher_prompt_ids(tokenizer, question, system_prompt)
         student = student_prompt_ids(tokenizer, question)
         jobs += [{"question": question, "split": split, "sample_index": k, "teacher_prompt_ids": teacher,
-                  "student_prompt_ids": student} for k in range(per_question)]
+                  "student_prompt_ids": student} for k in range(per_question * (samples or {}).get(question, 1))]
     return jobs
 
 
@@ -115,7 +118,10 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     train_q, heldout_q, question_records, question_summary = chosen or bake_questions(config, model, tokenizer,
                                                                                      system_prompt, progress)
     question_seconds = time.perf_counter() - question_start     # writing and ranking --questions auto's candidates
-    train_jobs = build_jobs(tokenizer, teacher_prompt, train_q, "train", config.sample.trajectories_per_question)
+    samples = file_samples(str(out / runfolder.QUESTIONS)) if question_records is None else \
+        {r["question"]: r["samples"] for r in question_records if r.get("samples", 1) > 1}
+    train_jobs = build_jobs(tokenizer, teacher_prompt, train_q, "train", config.sample.trajectories_per_question,
+                            samples)
     heldout_jobs = build_jobs(tokenizer, teacher_prompt, heldout_q, "heldout",
                               config.sample.heldout_trajectories_per_question)
     jobs = train_jobs + heldout_jobs

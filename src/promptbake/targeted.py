@@ -33,6 +33,8 @@ NOT_NAMES = {"a", "an", "the", "you", "your", "i", "we", "it", "its", "this", "t
              "july", "august", "september", "october", "november", "december", "there", "here", "after", "before"}
 MIN_WORDS, MAX_WORDS = 3, 30
 COMMON_IN = 2          # a prompt word used by this many general questions is no sign that a reply draws on the prompt
+EXPOSURE_FLOOR = 8     # training answers that should use each of the prompt's own words, where candidates allow
+MAX_SAMPLES = 4        # teacher trajectories one targeted question may get to lift a rarely used word to the floor
 NEAR_DUPLICATE = 0.6   # Jaccard similarity of content-word sets at or above which two questions are one group
 _ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022])\s+[\"']?(.+\?)[\"']?\s*$")
 _WORD = re.compile(r"[A-Za-z0-9]+")
@@ -106,19 +108,51 @@ def content_words(question: str) -> frozenset[str]:
 
 
 def prompt_terms(system_prompt: str, common: list[str]) -> frozenset[str]:
-    """The prompt's own words: its content words (numbers included) that fewer than COMMON_IN of the `common`
+    """The prompt's own words: its numbers, and its content words that fewer than COMMON_IN of the `common`
     questions use. 'kessara', 'neptune', 'rubin', '40' for the news example, 'zorbl' and 'vexaris' for the persona;
-    'moon', 'name' and 'home' are in several general questions, so they do not count."""
+    'moon', 'name' and 'home' are in several general questions, so they do not count. A number is a fact of the
+    prompt however many arithmetic questions also use it ('40' kilometres wide)."""
     counts: dict[str, int] = {}
     for question in common:
         for word in _terms(question):
             counts[word] = counts.get(word, 0) + 1
-    return frozenset(w for w in _terms(system_prompt) if counts.get(w, 0) < COMMON_IN)
+    return frozenset(w for w in _terms(system_prompt) if w.isdigit() or counts.get(w, 0) < COMMON_IN)
+
+
+def mentioned(text: str, terms: frozenset[str]) -> frozenset[str]:
+    """The prompt's own words (prompt_terms) that `text` uses."""
+    return frozenset(_terms(text) & terms)
 
 
 def mentions(text: str, terms: frozenset[str]) -> bool:
     """Whether `text` uses one of the prompt's own words (prompt_terms)."""
-    return bool(_terms(text) & terms)
+    return bool(mentioned(text, terms))
+
+
+def exposure_samples(term_sets: list[frozenset[str]], floor: int = EXPOSURE_FLOOR,
+                     cap: int = MAX_SAMPLES) -> list[int]:
+    """Trajectories per question (1 to `cap`) so that each prompt word reaches `floor` answers where it can.
+
+    term_sets[i] holds the prompt words question i's greedy answer uses. Rarest word first, the questions that use
+    it get one more trajectory each in turn (the earlier, better-ranked ones first) until the word's count reaches
+    the floor or they are all at the cap; every extra trajectory counts for all the words its question uses. A
+    word no question uses stays at 0: no number of samples makes the teacher say it."""
+    samples = [1] * len(term_sets)
+    count: dict[str, int] = {}
+    for terms in term_sets:
+        for term in terms:
+            count[term] = count.get(term, 0) + 1
+    for term in sorted(count, key=lambda t: (count[t], t)):
+        holders = [i for i, terms in enumerate(term_sets) if term in terms]
+        while count[term] < floor:
+            growable = [i for i in holders if samples[i] < cap]
+            if not growable:
+                break
+            pick = min(growable, key=lambda i: (samples[i], i))
+            samples[pick] += 1
+            for other in term_sets[pick]:
+                count[other] += 1
+    return samples
 
 
 def _terms(text: str) -> set[str]:
