@@ -172,6 +172,34 @@ def test_on_policy_with_a_carried_chain_is_refused_before_anything_loads(tiny_mo
     assert not (tmp_path / "run").exists()
 
 
+def test_an_unprompted_general_teacher_keeps_the_base_models_answers_to_the_general_questions(tiny_model_dir,
+                                                                                             tmp_path):
+    """--general-teacher base: the general pool's training trajectories are the base model's, without the prompt
+    (their teacher sees what the student sees), the targeted ones and the held-out ones keep the prompt."""
+    from promptbake.prompts import student_prompt_ids, teacher_prompt_ids
+    from promptbake.models import load_model
+
+    out = tmp_path / "anchored"
+    assert _bake(tiny_model_dir, out, NEWS, "--general-teacher", "base") == 0
+    sources = {q["question"]: q["source"] for q in _records(out / "questions.jsonl")}
+    tokenizer = load_model(str(tiny_model_dir))[1]
+    trajectories = read_trajectories(out / "trajectories.jsonl")
+    general = [t for t in trajectories if t.split == "train" and sources[t.question] == "builtin"]
+    prompted = [t for t in trajectories if t not in general]
+    assert general and prompted
+    assert all(t.teacher_prompt_ids == t.student_prompt_ids == student_prompt_ids(tokenizer, t.question)
+               for t in general)
+    assert all(t.teacher_prompt_ids == teacher_prompt_ids(tokenizer, t.question, NEWS) for t in prompted)
+    teacher = json.loads((out / "bake.json").read_text())["teacher"]
+    assert teacher["unprompted_train_questions"] == len({t.question for t in general})
+
+
+def test_an_unprompted_general_teacher_with_a_carried_chain_is_refused(tiny_model_dir, tiny_bake_dir, tmp_path,
+                                                                       capsys):
+    assert _bake(tiny_model_dir, tmp_path / "run", NEWS, "--on", str(tiny_bake_dir), "--general-teacher", "base") == 2
+    assert "unteach the earlier bakes" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def test_the_questions_aimed_at_the_prompt_are_trained_twice_per_epoch(tiny_model_dir, tmp_path):
     """targeted_passes (2 by default): the targeted share's trajectories are trained twice an epoch, the general
     pool's once; bake.json counts the repeats and the steps follow (8 trajectories, 4 a step)."""

@@ -70,6 +70,11 @@ class SampleConfig:
                                      "come from the builtin general pool)", 0.5)
     question_model: str = _help("auto: the model that writes candidate questions (default '': the base model itself); "
                                 "a model id, folder or .gguf file like --model", "")
+    general_teacher: str = _help("teacher of the general (builtin-pool) training questions: 'prompted' (the base "
+                                 "model with the prompt, default) or 'base' (the base model without it: the bake "
+                                 "learns the prompt's content and keeps the model's other answers, for a fact or "
+                                 "news prompt; not for a style prompt, which should change every answer)",
+                                 "prompted")
     train_questions: int = _help("questions used for training (drawn with the seed)", 192)
     heldout_questions: int = _help("questions held out for the closure metric, never trained on", 16)
     trajectories_per_question: int = _help("teacher samples per training question (0: auto, 2 where the model runs "
@@ -104,6 +109,14 @@ class SampleConfig:
         if self.question_model and self.questions != "auto":
             out.append(f"sample.question_model is used only with --questions auto (questions is "
                        f"{show(self.questions)}); drop --question-model or use --questions auto")
+        if self.general_teacher not in ("prompted", "base"):
+            out.append(f"sample.general_teacher must be prompted or base (got {show(self.general_teacher)})")
+        elif self.general_teacher == "base" and self.questions == "auto" and self.targeted_fraction == 1:
+            out.append("sample.general_teacher base needs general questions, and targeted_fraction 1 leaves none; "
+                       "lower --targeted-fraction or drop --general-teacher")
+        elif self.general_teacher == "base" and self.turns > 1:
+            out.append("sample.general_teacher base needs single-turn trajectories: a dialogue's later turns are "
+                       "answered by the prompted teacher; drop --turns or --general-teacher")
         if self.sampler not in ("hf", "vllm"):
             out.append(f"sample.sampler must be hf or vllm (got {self.sampler!r})")
         return out
@@ -195,6 +208,13 @@ class BakeConfig:
             problems.append("train.on_policy cannot be used with --on carrying the chain's prompts: their teacher "
                             "is the original base model, which is not in memory while training; pass "
                             "--no-carry-prompts or drop --on-policy")
+        if self.sample.general_teacher == "base" and self.train.on_policy:
+            problems.append("sample.general_teacher base cannot be used with --on-policy: the prompted teacher "
+                            "scores the student's own answers to every question; drop one of them")
+        if self.sample.general_teacher == "base" and self.model.on and self.model.carry_prompts:
+            problems.append("sample.general_teacher base cannot be used with --on carrying the chain's prompts: the "
+                            "unprompted teacher would be the original base and unteach the earlier bakes; pass "
+                            "--no-carry-prompts or drop --general-teacher")
         if not 0 <= self.seed < SEED_LIMIT:
             problems.append(f"seed must be in [0, 2**32) (got {show(self.seed)})")
         if problems:
@@ -235,6 +255,13 @@ class EvalConfig:
                if getattr(self, name) is not None and getattr(self, name) < 1]
         if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature >= 0):
             bad.append(f"temperature must be a finite number >= 0 (got {show(self.temperature)})")
+        if self.sample.general_teacher == "base" and self.train.on_policy:
+            problems.append("sample.general_teacher base cannot be used with --on-policy: the prompted teacher "
+                            "scores the student's own answers to every question; drop one of them")
+        if self.sample.general_teacher == "base" and self.model.on and self.model.carry_prompts:
+            problems.append("sample.general_teacher base cannot be used with --on carrying the chain's prompts: the "
+                            "unprompted teacher would be the original base and unteach the earlier bakes; pass "
+                            "--no-carry-prompts or drop --general-teacher")
         if not 0 <= self.seed < SEED_LIMIT:
             bad.append(f"seed must be in [0, 2**32) (got {show(self.seed)})")
         if bad:

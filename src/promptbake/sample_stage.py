@@ -22,7 +22,7 @@ from .fast_paths import describe_fast_paths, fallbacks
 from .logits import TeacherCache
 from .precision import place, to_float32_weights
 from .prompts import describe_framing, framing_kind, student_prompt_ids, teacher_prompt_ids
-from .questions import AUTO, file_samples, file_splits
+from .questions import AUTO, file_samples, file_sources, file_splits
 from .sampling import sample_trajectories
 from .train import check_start_adapter, check_target_modules
 
@@ -43,13 +43,14 @@ def _check_prompt(system_prompt: str) -> str:
 
 
 def build_jobs(tokenizer, system_prompt: str, questions: list[str], split: str, per_question: int,
-               samples: dict[str, int] | None = None) -> list[dict]:
+               samples: dict[str, int] | None = None, unprompted: set[str] = frozenset()) -> list[dict]:
     """One sampling job per trajectory: `per_question` per question, times its `samples` (questions.jsonl; more for
-    a targeted question whose answer uses a rare word of the prompt), each with its own sample_index (seed)."""
+    a targeted question whose answer uses a rare word of the prompt), each with its own sample_index (seed). The
+    teacher of an `unprompted` question (sample.general_teacher base) sees what the student sees: no prompt."""
     jobs = []
     for question in questions:
-        teacher = teacher_prompt_ids(tokenizer, question, system_prompt)
         student = student_prompt_ids(tokenizer, question)
+        teacher = student if question in unprompted else teacher_prompt_ids(tokenizer, question, system_prompt)
         jobs += [{"question": question, "split": split, "sample_index": k, "teacher_prompt_ids": teacher,
                   "student_prompt_ids": student} for k in range(per_question * (samples or {}).get(question, 1))]
     return jobs
@@ -92,6 +93,8 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     check_start_adapter(config.train)
     # a question file is read (and its problems reported) before the model loads; auto questions need the model
     chosen = None if config.sample.questions == AUTO else bake_questions(config, None, None, system_prompt)
+    if chosen:
+        _unprompted(config, out, chosen[0], chosen[2])
     carry = carries_prompts(config)
     teacher_prompt = teacher_system_prompt(config, system_prompt)
     model, tokenizer, source = load_base(config, merged=not carry)   # carrying: the teacher is the original base
@@ -121,7 +124,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     samples = file_samples(str(out / runfolder.QUESTIONS)) if question_records is None else \
         {r["question"]: r["samples"] for r in question_records if r.get("samples", 1) > 1}
     train_jobs = build_jobs(tokenizer, teacher_prompt, train_q, "train", config.sample.trajectories_per_question,
-                            samples)
+                            samples, unprompted := _unprompted(config, out, train_q, question_records))
     heldout_jobs = build_jobs(tokenizer, teacher_prompt, heldout_q, "heldout",
                               config.sample.heldout_trajectories_per_question)
     jobs = train_jobs + heldout_jobs
@@ -155,7 +158,9 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
                             "the base model",
                             "chain": [{"run": str(run.resolve()), "system_prompt":
                                        (run / runfolder.SYSTEM_PROMPT).read_text(encoding="utf-8")}
-                                      for run, _ in chain_runs(config)]},
+                                      for run, _ in chain_runs(config)],
+                            "general_questions": "the base model without the prompt" if unprompted else "the same",
+                            "unprompted_train_questions": len(unprompted)},
                 "seed": config.seed,
                 "config": runfolder.absolute_paths(config).to_dict(),
                 "questions": {"source": config.sample.questions, "train": train_q, "heldout": heldout_q,
@@ -217,6 +222,22 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
             "unfinished_trajectories": sum(not t.finished for t in trajectories),
             "resumed_sampling_batches": bool(done)})
         return (model, tokenizer, source), teacher
+
+
+def _unprompted(config: BakeConfig, out: Path, train: list[str], records: list[dict] | None) -> set[str]:
+    """The training questions whose teacher is the unprompted base (sample.general_teacher base): the general pool's
+    share of --questions auto, or the `builtin` lines of a run's questions.jsonl. A split that is all one kind
+    would bake nothing, or nothing but the prompt: refused."""
+    if config.sample.general_teacher != "base":
+        return set()
+    sources = file_sources(str(out / runfolder.QUESTIONS)) if records is None else \
+        {r["question"]: r["source"] for r in records}
+    general = {q for q in train if sources.get(q) == "builtin"}
+    if not general or general == set(train):
+        raise UserError(f"--general-teacher base needs training questions of both kinds, aimed at the prompt and "
+                        f"from the general pool, and these are {'all' if general else 'none'} from the general "
+                        f"pool; use --questions auto (the default) or a run's questions.jsonl")
+    return general
 
 
 def _terminate_torn_line(path: Path) -> None:
