@@ -255,13 +255,6 @@ class EvalConfig:
                if getattr(self, name) is not None and getattr(self, name) < 1]
         if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature >= 0):
             bad.append(f"temperature must be a finite number >= 0 (got {show(self.temperature)})")
-        if self.sample.general_teacher == "base" and self.train.on_policy:
-            problems.append("sample.general_teacher base cannot be used with --on-policy: the prompted teacher "
-                            "scores the student's own answers to every question; drop one of them")
-        if self.sample.general_teacher == "base" and self.model.on and self.model.carry_prompts:
-            problems.append("sample.general_teacher base cannot be used with --on carrying the chain's prompts: the "
-                            "unprompted teacher would be the original base and unteach the earlier bakes; pass "
-                            "--no-carry-prompts or drop --general-teacher")
         if not 0 <= self.seed < SEED_LIMIT:
             bad.append(f"seed must be in [0, 2**32) (got {show(self.seed)})")
         if bad:
