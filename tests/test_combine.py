@@ -113,22 +113,16 @@ def test_combined_questions_keep_held_out_apart():
         combined_questions([rows_of(["Why is the sky blue?"], ["Why is the sky blue, exactly?"])], n_train=4)
 
 
-def test_combined_questions_keep_each_runs_mix_of_targeted_and_general_questions():
-    """A run's questions.jsonl lists its targeted questions first; taken in file order, a combination of two runs
-    would train on nothing but targeted questions. Shuffled with the seed, each run's share keeps both kinds."""
+def test_combined_questions_take_each_runs_targeted_questions_first():
+    """The distillation trains first on the questions each run aimed at its prompt, wherever they stand in the run's
+    questions.jsonl (measured: more of both prompts kept than with each run's mix); general ones fill what is left."""
     def run(name):
-        train = [{"question": f"{name} targeted question {k}?", "source": "chat"} for k in range(6)] + \
-                [{"question": f"{name} general question {k}?", "source": "builtin"} for k in range(6)]
+        train = [{"question": f"{name} general question {k}?", "source": "builtin"} for k in range(6)] + \
+                [{"question": f"{name} targeted question {k}?", "source": "chat"} for k in range(3)]
         return train, [{"question": f"{name} held out?", "source": "builtin"}]
 
-    in_order = combined_questions([run("first"), run("second")], n_train=8)
-    assert {r["source"] for r in in_order if r["split"] == "train"} == {"chat"}
-    for seed in range(3):
-        rows = [r for r in combined_questions([run("first"), run("second")], n_train=8, seed=seed)
-                if r["split"] == "train"]
-        assert len(rows) == 8 and {r["run"] for r in rows} == {0, 1}
-        assert {r["source"] for r in rows} == {"chat", "builtin"}
-    assert combined_questions([run("a"), run("b")], 8, seed=1) == combined_questions([run("a"), run("b")], 8, seed=1)
+    rows = [r for r in combined_questions([run("first"), run("second")], n_train=8) if r["split"] == "train"]
+    assert [(r["run"], r["source"]) for r in rows] == [(0, "chat"), (1, "chat")] * 3 + [(0, "builtin"), (1, "builtin")]
 
 
 def test_combined_questions_keep_each_runs_targeted_sources_and_samples():

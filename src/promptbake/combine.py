@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import runfolder
+from .autoquestions import TARGETED_SOURCES
 from .base import PROMPT_SEPARATOR, load_base
 from .config import BakeConfig, config_from_dict, override, save_config
 from .errors import UserError
@@ -85,16 +85,16 @@ def run_questions(run: Path, record: dict) -> tuple[list[dict], list[dict]]:
             [{"question": q} for q in questions.get("heldout") or []])
 
 
-def combined_questions(splits: list[tuple[list[dict], list[dict]]], n_train: int,
-                       seed: int | None = None) -> list[dict]:
+def combined_questions(splits: list[tuple[list[dict], list[dict]]], n_train: int) -> list[dict]:
     """questions.jsonl records for the distillation: every run's held-out questions stay held out (so each prompt's
     closure is measured on its own held-out set), and training takes the runs' training questions in turn, up to
-    `n_train` trajectories, leaving out any that repeats or nearly repeats a held-out one. Each keeps its run's
-    source and samples (a question aimed at a prompt keeps its second pass, train.targeted_passes) and says which
-    run it came from. With a `seed`, each run's training questions are first shuffled: a run's questions.jsonl
-    lists its targeted questions first, and the combination should keep each run's mix of targeted and general."""
-    if seed is not None:
-        splits = [(random.Random(seed + i).sample(train, len(train)), held) for i, (train, held) in enumerate(splits)]
+    `n_train` trajectories, leaving out any that repeats or nearly repeats a held-out one. Each run's questions
+    aimed at its prompt come first: the sum loses each prompt's content more than its manner, and a distillation on
+    the targeted questions kept more of both prompts than one on each run's mix (docs/prompt-content.md). Each
+    keeps its run's source and samples (so its second pass, train.targeted_passes) and says which run it came
+    from."""
+    splits = [(sorted(train, key=lambda r: r.get("source") not in TARGETED_SOURCES), held) for train, held in splits]
+
     def keep(row: dict, split: str, i: int) -> dict:
         samples = row.get("samples", 1)
         return {"question": row["question"], "split": split, "source": row.get("source") or f"run{i}", "run": i,
@@ -147,7 +147,7 @@ def combine_runs(run_dirs: list[str | Path], out: str | Path, weights: list[floa
                       "closure": r.get("metrics", {}).get("closure")} for run, w, r in zip(runs, weights, records)]
     if not exact:   # read the questions before minutes of work: a problem with them stops here
         questions = combined_questions([run_questions(run, r) for run, r in zip(runs, records)],
-                                       config.sample.train_questions, config.seed)
+                                       config.sample.train_questions)
     model, source = summed_adapter(config, runs, weights)
     if exact:
         _write_exact(out, overwrite, model, source, config, system_prompt, combined_from)
