@@ -26,8 +26,8 @@ from .losses import per_token_kl
 from .prompts import student_prompt_ids, teacher_prompt_ids, stop_token_ids
 from .models import load_model, resolve_model
 from .precision import place
-from .questions import (AUTO, builtin_questions, file_samples, file_sources, file_splits, is_generated, load_questions,
-                        split_questions)
+from .questions import (AUTO, builtin_questions, file_samples, file_sources, file_splits, is_generated,
+                        load_questions, split_questions)
 from .sampling import batches_of, generate_batch, generation_config, stream_seed
 from .targeted import (CHAT_ASKS, exposure_samples, grouped_split, mentioned, normalise, parse_list, prompt_pool,
                        prompt_sentences, prompt_terms, similarity, template_questions, usable, NEAR_DUPLICATE)
@@ -172,7 +172,8 @@ def auto_questions(model, tokenizer, system_prompt: str, n_train: int, n_heldout
     t_train, samples = _spread_exposure(t_train, relevant)
     targeted = {normalise(c.question) for c in pool}
     general = [q for q in builtin_questions() if normalise(q) not in targeted]
-    g_train, g_heldout = split_questions(general, max(0, n_train - sum(samples.values())), n_heldout - len(t_heldout), seed)
+    g_train, g_heldout = split_questions(general, max(0, n_train - sum(samples.values())),
+                                         n_heldout - len(t_heldout), seed)
     heldout = t_heldout + g_heldout
     train = [q for q in t_train + g_train if all(similarity(q, h) < NEAR_DUPLICATE for h in heldout)]
     trained = set(train)
