@@ -7,9 +7,9 @@ import pytest
 
 from promptbake.autoquestions import auto_questions, relevance
 from promptbake.questions import builtin_questions, file_splits
-from promptbake.targeted import (exposure_samples, grouped_split, mentions, near_duplicate_groups, parse_list,
-                                 prompt_pool, prompt_sentences, prompt_terms, salient_phrases, similarity,
-                                 template_questions, usable)
+from promptbake.targeted import (FACT_TEMPLATES, TEMPLATES, exposure_samples, grouped_split, mentions,
+                                 near_duplicate_groups, parse_list, prompt_pool, prompt_sentences, prompt_terms,
+                                 salient_phrases, similarity, template_questions, usable)
 
 NEWS = ("News update, 24 November 2026: astronomers have confirmed a new moon of Neptune, named Kessara. It was "
         "found in images from the Vera C. Rubin Observatory in Chile. Kessara is about 40 kilometres wide.")
@@ -27,6 +27,15 @@ def test_salient_phrases_are_the_prompts_names_not_its_sentence_starters():
 def test_template_questions_name_each_phrase():
     questions = template_questions("You are Zorbl Quenthax from Vexaris-7.")
     assert "Tell me about Zorbl Quenthax." in questions and "What do you know about Vexaris-7?" in questions
+
+
+def test_template_questions_ask_for_the_facts_of_each_name_in_several_wordings():
+    questions = template_questions(NEWS)
+    assert {"How big is Kessara?", "Where is Vera C. Rubin Observatory?", "Who discovered Kessara?"} <= set(questions)
+    per_name = len(TEMPLATES) + len(FACT_TEMPLATES)
+    assert len(questions) == len(set(questions)) == len(salient_phrases(NEWS)) * per_name
+    about_kessara = [q for q in questions if "Kessara" in q]
+    assert len(near_duplicate_groups(about_kessara)) >= 5   # several wordings, not one question and its copies
 
 
 def test_parse_list_keeps_numbered_and_bulleted_questions_only():

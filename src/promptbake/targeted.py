@@ -1,7 +1,8 @@
 """Pure text handling behind `--questions auto`: questions aimed at what a prompt says (no model, no I/O).
 
 Three sources of candidates, ranked later by how much the prompt moves the model (autoquestions.py):
-- templates over the names and phrases the prompt contains ("Tell me about Kessara.");
+- templates over the names and phrases the prompt contains: about-questions ("Tell me about Kessara.") and
+  attribute questions that draw out its facts ("How big is Kessara?", "Where is Mill Pier?");
 - a shipped pool of questions where system prompts tend to matter (identity, recent news, instructions);
 - questions the generator model writes: the numbered lists it replies with as a chat model asked which questions
   the prompt answers (`parse_list`).
@@ -24,6 +25,14 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+(?=[A-Z0-9\"'])")
 
 TEMPLATES = ("Tell me about {}.", "What do you know about {}?", "What is {}?", "Have you heard of {}?",
              "What is the latest about {}?", "Why does {} matter?")
+# one attribute each (size, place, origin, time, discovery, operator, price, schedule, news): a prompt's facts are
+# mostly attributes of its names, and the prompted teacher answers these with them ("How big is Kessara?" -> "about
+# 40 kilometers"), worded unlike the about-questions above; the relevance ranking drops the ones a prompt leaves
+# untouched. The generator's own lists rarely ask for a number (4 of 181 news candidates' answers said "40")
+FACT_TEMPLATES = ("How big is {}?", "How large is {}?", "Where is {}?", "Where is {} located?",
+                  "Where does {} come from?", "When did {} happen?", "When was {} found?", "Who discovered {}?",
+                  "Who runs {}?", "How much does {} cost?", "How often does {} run?", "What time does {} open?",
+                  "What is new with {}?")
 # capitalised words that start sentences or name calendar things, not what a prompt is about
 NOT_NAMES = {"a", "an", "the", "you", "your", "i", "we", "it", "its", "this", "that", "these", "those", "he", "she",
              "they", "always", "never", "be", "do", "don't", "answer", "reply", "speak", "use", "news", "update",
@@ -86,7 +95,9 @@ def prompt_sentences(system_prompt: str, limit: int = MAX_SENTENCES) -> list[str
 
 
 def template_questions(system_prompt: str) -> list[str]:
-    return [template.format(phrase) for phrase in salient_phrases(system_prompt) for template in TEMPLATES]
+    """Every about-question and attribute question (TEMPLATES, FACT_TEMPLATES) over each of the prompt's names."""
+    return [template.format(phrase) for phrase in salient_phrases(system_prompt)
+            for template in TEMPLATES + FACT_TEMPLATES]
 
 
 def parse_list(text: str) -> list[str]:
