@@ -6,7 +6,8 @@ import json
 import pytest
 
 from promptbake.autoquestions import auto_questions, relevance
-from promptbake.questions import builtin_questions, file_splits
+from promptbake.errors import UserError
+from promptbake.questions import builtin_questions, file_records, file_splits, record_samples, record_sources
 from promptbake.targeted import (FACT_TEMPLATES, TEMPLATES, exposure_samples, grouped_split, mentions,
                                  near_duplicate_groups, parse_list, prompt_pool, prompt_sentences, prompt_terms,
                                  salient_phrases, similarity, template_questions, usable)
@@ -170,6 +171,22 @@ def test_a_runs_questions_file_reuses_its_split(tmp_path):
     assert file_splits(str(path)) == (["A?", "C?"], ["B?"])
     path.write_text(json.dumps({"question": "A?"}) + "\n")
     assert file_splits(str(path)) is None                  # no splits given: drawn as for any question file
+
+
+def test_a_runs_questions_file_keeps_sources_and_samples_and_its_lines_are_checked(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"question": " A? ", "split": "train", "source": "chat", "samples": 3},
+        {"question": "B?", "split": "train", "source": "builtin", "samples": True},
+        {"question": "C?", "split": "heldout", "samples": 1}]))
+    records = file_records(str(path))
+    assert [r["question"] for r in records] == ["A?", "B?", "C?"]
+    assert record_sources(records) == {"A?": "chat", "B?": "builtin"}
+    assert record_samples(records) == {"A?": 3}            # a bool or a single sample is no extra trajectory
+    assert file_records("builtin") == [] and file_records(str(tmp_path / "q.txt")) == []
+    path.write_text('{"question": "A?", "split": "train"}\nnot json\n')
+    with pytest.raises(UserError, match=r"questions.jsonl:2 is not valid JSON"):
+        file_records(str(path))
 
 
 def test_chat_questions_of_the_embedded_model_ask_about_what_the_prompt_says():

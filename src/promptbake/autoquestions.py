@@ -26,8 +26,8 @@ from .losses import per_token_kl
 from .prompts import student_prompt_ids, teacher_prompt_ids, stop_token_ids
 from .models import load_model, resolve_model
 from .precision import place
-from .questions import (AUTO, builtin_questions, file_samples, file_sources, file_splits, is_generated,
-                        load_questions, split_questions)
+from .questions import (AUTO, builtin_questions, file_records, is_generated, load_questions, record_samples,
+                        record_sources, record_splits, split_questions)
 from .sampling import batches_of, generate_batch, generation_config, stream_seed
 from .targeted import (CHAT_ASKS, exposure_samples, grouped_split, mentioned, normalise, parse_list, prompt_pool,
                        prompt_sentences, prompt_terms, similarity, template_questions, usable, NEAR_DUPLICATE)
@@ -265,14 +265,14 @@ def bake_questions(config, model, tokenizer, system_prompt: str,
                   f"rarer words), the rest from the builtin pool; all in questions.jsonl",
                   file=sys.stderr, flush=True)
         return train, heldout, records, summary
-    given = file_splits(sample.questions)
+    given_records = file_records(sample.questions)   # a run's questions.jsonl keeps the split, which questions
+    given = record_splits(given_records, sample.questions)   # were targeted, and which had more teacher samples
     if given is None:
         given = split_questions(load_questions(sample.questions), sample.train_questions, sample.heldout_questions,
                                 config.seed)
     train, heldout = given
     source = sample.questions if is_generated(sample.questions) else "file"
-    kept = file_sources(sample.questions)        # a run's questions.jsonl keeps which questions were targeted
-    samples = file_samples(sample.questions)     # ... and which of them had more teacher samples
+    kept, samples = record_sources(given_records), record_samples(given_records)
     records = ([{"question": q, "split": "train", "source": kept.get(q, source), "relevance": None,
                  **({"samples": samples[q]} if samples.get(q, 1) > 1 else {})} for q in train]
                + [{"question": q, "split": "heldout", "source": kept.get(q, source), "relevance": None}

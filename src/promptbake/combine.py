@@ -19,6 +19,7 @@ from .autoquestions import TARGETED_SOURCES
 from .base import PROMPT_SEPARATOR, load_base
 from .config import BakeConfig, config_from_dict, override, save_config
 from .errors import UserError
+from .questions import file_records
 from .targeted import NEAR_DUPLICATE, similarity
 
 
@@ -78,8 +79,8 @@ def run_questions(run: Path, record: dict) -> tuple[list[dict], list[dict]]:
     samples), else bake.json's lists."""
     path = run / runfolder.QUESTIONS
     if path.is_file():
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [r for r in rows if r.get("split") == "train"], [r for r in rows if r.get("split") == "heldout"]
+        rows = file_records(str(path))
+        return [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "heldout"]
     questions = record.get("questions") or {}
     return ([{"question": q} for q in questions.get("train") or []],
             [{"question": q} for q in questions.get("heldout") or []])

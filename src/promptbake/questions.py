@@ -27,8 +27,9 @@ def builtin_questions() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _read_jsonl(path: Path, text: str) -> list[tuple[str, str | None]]:
-    """(question, split or None) per line of a .jsonl question file."""
+def _read_jsonl(path: Path, text: str) -> list[dict]:
+    """The lines of a .jsonl question file as dicts, each with a non-empty 'question' (stripped) and a 'split' of
+    None, 'train' or 'heldout'; other fields (a run's source, relevance, samples) are kept as they are."""
     out = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -43,7 +44,7 @@ def _read_jsonl(path: Path, text: str) -> list[tuple[str, str | None]]:
         split = record.get("split")
         if split not in (None, "train", "heldout"):
             raise UserError(f"{path}:{number} has split {split!r}; it must be 'train' or 'heldout' (or left out)")
-        out.append((question.strip(), split))
+        out.append({**record, "question": question.strip(), "split": split})
     return out
 
 
@@ -62,50 +63,54 @@ def _read_file(source: str) -> tuple[Path, str]:
         raise UserError(f"cannot read question file {path}: {exc.strerror}") from None
 
 
+def file_records(source: str) -> list[dict]:
+    """The records of a .jsonl question file (a run's questions.jsonl: question, split, source, samples, ...),
+    checked line by line; [] for a built-in source or a .txt file."""
+    if is_generated(source) or not source.endswith(".jsonl"):
+        return []
+    return _read_jsonl(*_read_file(source))
+
+
 def file_splits(source: str) -> tuple[list[str], list[str]] | None:
     """(train, heldout) as a .jsonl file assigns them, when every line has a 'split' (a run's questions.jsonl);
-    else None. A question on both sides is refused: held-out questions are never trained on."""
-    if is_generated(source) or not source.endswith(".jsonl"):
+    else None."""
+    return record_splits(file_records(source), source)
+
+
+def record_splits(records: list[dict], where: str) -> tuple[list[str], list[str]] | None:
+    """(train, heldout) as question records assign them, when every one has a 'split'; else None. A question on
+    both sides is refused: held-out questions are never trained on."""
+    if not records or any(r["split"] is None for r in records):
         return None
-    path, text = _read_file(source)
-    records = _read_jsonl(path, text)
-    if not records or any(split is None for _, split in records):
-        return None
-    train = list(dict.fromkeys(q for q, split in records if split == "train"))
-    heldout = list(dict.fromkeys(q for q, split in records if split == "heldout"))
+    train = list(dict.fromkeys(r["question"] for r in records if r["split"] == "train"))
+    heldout = list(dict.fromkeys(r["question"] for r in records if r["split"] == "heldout"))
     both = set(train) & set(heldout)
     if both:
-        raise UserError(f"question file {path} puts {show(sorted(both)[0])} in both train and heldout; a held-out "
+        raise UserError(f"question file {where} puts {show(sorted(both)[0])} in both train and heldout; a held-out "
                         f"question must never be trained on")
     if not train or not heldout:
-        raise UserError(f"question file {path} assigns every question a split but has {len(train)} train and "
+        raise UserError(f"question file {where} assigns every question a split but has {len(train)} train and "
                         f"{len(heldout)} held-out; it needs both (or leave 'split' out to draw them)")
     return train, heldout
 
 
+def record_sources(records: list[dict]) -> dict[str, str]:
+    """question -> its 'source', for the records that have one (a run's questions.jsonl: a bake from it trains the
+    questions aimed at the prompt as the first bake did)."""
+    return {r["question"]: r["source"] for r in records if isinstance(r.get("source"), str)}
+
+
+def record_samples(records: list[dict]) -> dict[str, int]:
+    """question -> its 'samples' (teacher trajectories per trajectories_per_question, default 1), for the records
+    that have more than one: a run's questions.jsonl gives more to the questions whose answers use a rarely used
+    word of the prompt."""
+    return {r["question"]: r["samples"] for r in records
+            if isinstance(r.get("samples"), int) and not isinstance(r["samples"], bool) and r["samples"] > 1}
+
+
 def file_sources(source: str) -> dict[str, str]:
-    """question -> its 'source' field, for the lines of a .jsonl question file that have one (a run's
-    questions.jsonl: a bake from it trains the questions aimed at the prompt as the first bake did)."""
-    return _file_field(source, "source", str)
-
-
-def file_samples(source: str) -> dict[str, int]:
-    """question -> its 'samples' field (teacher trajectories per trajectories_per_question, default 1), for the
-    lines of a .jsonl question file that have one; a run's questions.jsonl gives more to the questions whose
-    answers use a rarely used word of the prompt."""
-    return {q: n for q, n in _file_field(source, "samples", int).items() if n >= 1 and not isinstance(n, bool)}
-
-
-def _file_field(source: str, name: str, kind: type) -> dict:
-    if is_generated(source) or not source.endswith(".jsonl"):
-        return {}
-    path, text = _read_file(source)
-    out = {}
-    for line in text.splitlines():
-        record = json.loads(line) if line.strip() else None
-        if isinstance(record, dict) and isinstance(record.get(name), kind):
-            out[record["question"].strip()] = record[name]
-    return out
+    """record_sources of a question file."""
+    return record_sources(file_records(source))
 
 
 def load_questions(source: str) -> list[str]:
@@ -127,7 +132,7 @@ def load_questions(source: str) -> list[str]:
     else:
         path, text = _read_file(source)
         if path.suffix == ".jsonl":
-            questions = [question for question, _ in _read_jsonl(path, text)]
+            questions = [record["question"] for record in _read_jsonl(path, text)]
         elif path.suffix == ".txt":
             questions = [line.strip() for line in text.splitlines() if line.strip()]
         else:

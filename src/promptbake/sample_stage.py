@@ -22,7 +22,7 @@ from .fast_paths import describe_fast_paths, fallbacks
 from .logits import TeacherCache
 from .precision import place, to_float32_weights
 from .prompts import describe_framing, framing_kind, student_prompt_ids, teacher_prompt_ids
-from .questions import AUTO, file_samples, file_sources, file_splits
+from .questions import AUTO, file_records, record_samples, record_sources, record_splits
 from .sampling import sample_trajectories
 from .train import check_start_adapter, check_target_modules
 
@@ -94,7 +94,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     # a question file is read (and its problems reported) before the model loads; auto questions need the model
     chosen = None if config.sample.questions == AUTO else bake_questions(config, None, None, system_prompt)
     if chosen:
-        _unprompted(config, out, chosen[0], chosen[2])
+        _unprompted(config, chosen[0], chosen[2])
     carry = carries_prompts(config)
     teacher_prompt = teacher_system_prompt(config, system_prompt)
     model, tokenizer, source = load_base(config, merged=not carry)   # carrying: the teacher is the original base
@@ -116,15 +116,16 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
         if schedule:
             print(f"promptbake: {schedule}", flush=True)
     if resume and (out / runfolder.QUESTIONS).is_file():   # the questions the killed run chose, not new ones
-        chosen = (*file_splits(str(out / runfolder.QUESTIONS)), None, runfolder.read_bake_json(out)["questions"])
+        records = file_records(str(out / runfolder.QUESTIONS))
+        chosen = (*record_splits(records, str(out / runfolder.QUESTIONS)), records,
+                  runfolder.read_bake_json(out)["questions"])
     question_start = time.perf_counter()
     train_q, heldout_q, question_records, question_summary = chosen or bake_questions(config, model, tokenizer,
                                                                                      system_prompt, progress)
     question_seconds = time.perf_counter() - question_start     # writing and ranking --questions auto's candidates
-    samples = file_samples(str(out / runfolder.QUESTIONS)) if question_records is None else \
-        {r["question"]: r["samples"] for r in question_records if r.get("samples", 1) > 1}
+    samples = record_samples(question_records)
     train_jobs = build_jobs(tokenizer, teacher_prompt, train_q, "train", config.sample.trajectories_per_question,
-                            samples, unprompted := _unprompted(config, out, train_q, question_records))
+                            samples, unprompted := _unprompted(config, train_q, question_records))
     heldout_jobs = build_jobs(tokenizer, teacher_prompt, heldout_q, "heldout",
                               config.sample.heldout_trajectories_per_question)
     jobs = train_jobs + heldout_jobs
@@ -224,14 +225,13 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
         return (model, tokenizer, source), teacher
 
 
-def _unprompted(config: BakeConfig, out: Path, train: list[str], records: list[dict] | None) -> set[str]:
+def _unprompted(config: BakeConfig, train: list[str], records: list[dict]) -> set[str]:
     """The training questions whose teacher is the unprompted base (sample.general_teacher base): the general pool's
     share of --questions auto, or the `builtin` lines of a run's questions.jsonl. A split that is all one kind
     would bake nothing, or nothing but the prompt: refused."""
     if config.sample.general_teacher != "base":
         return set()
-    sources = file_sources(str(out / runfolder.QUESTIONS)) if records is None else \
-        {r["question"]: r["source"] for r in records}
+    sources = record_sources(records)
     general = {q for q in train if sources.get(q) == "builtin"}
     if not general or general == set(train):
         raise UserError(f"--general-teacher base needs training questions of both kinds, aimed at the prompt and "
