@@ -142,26 +142,28 @@ def test_auto_questions_mix_targeted_and_general_disjointly(tiny):
     assert all(r["relevance"] is not None and r["relevance"] >= summary["min_relevance"] for r in targeted)
     assert [r["question"] for r in records if r["split"] == "train"] and \
         {r["question"] for r in records if r["split"] == "heldout"} == set(heldout)
-    assert all(isinstance(r["grounded"], bool) for r in targeted) and summary["grounded"] >= 1
+    assert all(isinstance(r["grounded"], bool) for r in targeted) and summary["grounded"] >= 0
 
 
 def test_grounded_candidates_are_chosen_before_more_relevant_ungrounded_ones(tiny, monkeypatch):
-    """The targeted share is filled with the candidates whose question or greedy answer uses the prompt's own words
-    first, each part by relevance: here the grounded one is the least relevant and is still chosen."""
+    """The targeted share is filled first with the candidates whose greedy answer adds the prompt's own words, each
+    part by relevance: here the grounded one is the least relevant and is still chosen. A question that names the
+    prompt's word itself, with an answer that adds none, is not grounded."""
     import promptbake.autoquestions as aq
 
     model, tokenizer = tiny
     pool = ["Tell me about Kessara now.", "What should I cook tonight?", "How do plants grow so fast?",
-            "Which sport is the best one?"]
+            "Which sport is the best one?", "Which new moons are there?"]
     monkeypatch.setattr(aq, "template_questions", lambda prompt: [])
     monkeypatch.setattr(aq, "prompt_pool", lambda: pool)
     monkeypatch.setattr(aq, "generate_candidates", lambda *args, **kwargs: [])
     monkeypatch.setattr(aq, "relevance", lambda model, tokenizer, prompt, questions: (
-        [0.1 if "Kessara" in q else 1.0 for q in questions], ["" for _ in questions]))
+        [0.1 if "moons" in q else 1.0 + ("Kessara" in q) for q in questions],
+        ["Kessara, of Neptune." if "moons" in q else "It is a moon." for q in questions]))
     train, heldout, records, summary = aq.auto_questions(model, tokenizer, NEWS, 4, 1, 0.25, seed=0)
     targeted = [r for r in records if r["source"] != "builtin"]
-    assert [r["question"] for r in targeted if r["split"] == "train"] == ["Tell me about Kessara now."]
-    assert summary["grounded"] == 1
+    assert [r["question"] for r in targeted if r["split"] == "train"] == ["Which new moons are there?"]
+    assert summary["grounded"] == 1 and summary["exposure"] == {"kessara": 1, "neptune": 1}
 
 
 def test_a_runs_questions_file_reuses_its_split(tmp_path):

@@ -4,8 +4,8 @@ Candidates come from targeted.py (templates over the prompt's names, a pool of p
 the generator model, asked as a chat model which questions the prompt and each of its sentences answer. Each is
 ranked by its relevance: the KL between the base model with and without the prompt over the first
 RELEVANCE_TOKENS tokens of the prompted model's greedy answer, a free measure of whether the prompt changes the
-answer. Candidates whose question or greedy answer uses the prompt's own words (grounded: they make the teacher
-say what the prompt says) come first, each part by relevance, and fill the targeted share of the split; questions
+answer. Candidates whose greedy answer adds the prompt's own words, words the question did not already say
+(grounded: they make the teacher say what the prompt says), come first, each part by relevance, and fill the targeted share of the split; questions
 the prompt barely moves (below MIN_RELEVANCE) are dropped; the builtin pool fills the rest, so general behaviour
 and locality are still trained. Within the targeted share, a question whose greedy answer uses a prompt word few
 other answers use gets more teacher samples (`samples` in questions.jsonl), so that every fact the candidates can
@@ -47,7 +47,7 @@ class Candidate:
     question: str
     source: str                # "template", "prompt-pool" or "chat" ("generated": the few-shot list of older runs)
     relevance: float | None = None
-    terms: frozenset[str] = frozenset()   # the prompt's own words its question or the prompted greedy answer uses
+    terms: frozenset[str] = frozenset()   # the prompt's own words the prompted greedy answer adds to the question's
 
     @property
     def grounded(self) -> bool:         # it makes the teacher say what the prompt says, not only change its manner
@@ -139,7 +139,9 @@ def candidates(model, tokenizer, system_prompt: str, seed: int, generator=None) 
         scores, answers = relevance(model, tokenizer, system_prompt, [c.question for c in kept])
         for candidate, score, answer in zip(kept, scores, answers):
             candidate.relevance = score
-            candidate.terms = mentioned(f"{candidate.question} {answer}", terms)
+            # a name the question already says proves nothing ("How often does Earth run?" is about a name, and
+            # every template is): a candidate is grounded when the teacher's answer brings in a word of the prompt
+            candidate.terms = mentioned(answer, terms) - mentioned(candidate.question, terms)
     relevant = [c for c in kept if c.relevance >= MIN_RELEVANCE]
     dropped["prompt barely changes the answer"] = len(kept) - len(relevant)
     return relevant, {"candidates": len(raw), "dropped": dropped}
