@@ -7,7 +7,7 @@ import pytest
 
 from promptbake.autoquestions import auto_questions, relevance
 from promptbake.errors import UserError
-from promptbake.questions import builtin_questions, file_records, file_splits, record_samples, record_sources
+from promptbake.questions import builtin_questions, file_records, record_samples, record_sources, record_splits
 from promptbake.targeted import (FACT_TEMPLATES, TEMPLATES, exposure_samples, grouped_split, mentions,
                                  near_duplicate_groups, parse_list, prompt_pool, prompt_sentences, prompt_terms,
                                  salient_phrases, similarity, template_questions, usable)
@@ -142,7 +142,8 @@ def test_auto_questions_mix_targeted_and_general_disjointly(tiny):
     assert all(r["relevance"] is not None and r["relevance"] >= summary["min_relevance"] for r in targeted)
     assert [r["question"] for r in records if r["split"] == "train"] and \
         {r["question"] for r in records if r["split"] == "heldout"} == set(heldout)
-    assert all(isinstance(r["grounded"], bool) for r in targeted) and summary["grounded"] >= 0
+    assert all(isinstance(r["grounded"], bool) for r in targeted)
+    assert sum(r["grounded"] for r in targeted) <= summary["grounded"] <= summary["relevant"]
 
 
 def test_grounded_candidates_are_chosen_before_more_relevant_ungrounded_ones(tiny, monkeypatch):
@@ -170,9 +171,9 @@ def test_a_runs_questions_file_reuses_its_split(tmp_path):
     path = tmp_path / "questions.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in [
         {"question": "A?", "split": "train"}, {"question": "B?", "split": "heldout"}, {"question": "C?", "split": "train"}]))
-    assert file_splits(str(path)) == (["A?", "C?"], ["B?"])
+    assert record_splits(file_records(str(path)), str(path)) == (["A?", "C?"], ["B?"])
     path.write_text(json.dumps({"question": "A?"}) + "\n")
-    assert file_splits(str(path)) is None                  # no splits given: drawn as for any question file
+    assert record_splits(file_records(str(path)), str(path)) is None    # no splits: drawn as for any file
 
 
 def test_a_runs_questions_file_keeps_sources_and_samples_and_its_lines_are_checked(tmp_path):

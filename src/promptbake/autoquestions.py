@@ -5,8 +5,8 @@ the generator model, asked as a chat model which questions the prompt and each o
 ranked by its relevance: the KL between the base model with and without the prompt over the first
 RELEVANCE_TOKENS tokens of the prompted model's greedy answer, a free measure of whether the prompt changes the
 answer. Candidates whose greedy answer adds the prompt's own words, words the question did not already say
-(grounded: they make the teacher say what the prompt says), come first, each part by relevance, and fill the targeted share of the split; questions
-the prompt barely moves (below MIN_RELEVANCE) are dropped; the builtin pool fills the rest, so general behaviour
+(grounded: they make the teacher say what the prompt says), come first, each part by relevance, and fill the
+targeted share of the split; questions the prompt barely moves (below MIN_RELEVANCE) are dropped; the builtin pool fills the rest, so general behaviour
 and locality are still trained. Within the targeted share, a question whose greedy answer uses a prompt word few
 other answers use gets more teacher samples (`samples` in questions.jsonl), so that every fact the candidates can
 draw out is said in several training answers; the share keeps its number of trajectories.

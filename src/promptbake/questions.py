@@ -71,12 +71,6 @@ def file_records(source: str) -> list[dict]:
     return _read_jsonl(*_read_file(source))
 
 
-def file_splits(source: str) -> tuple[list[str], list[str]] | None:
-    """(train, heldout) as a .jsonl file assigns them, when every line has a 'split' (a run's questions.jsonl);
-    else None."""
-    return record_splits(file_records(source), source)
-
-
 def record_splits(records: list[dict], where: str) -> tuple[list[str], list[str]] | None:
     """(train, heldout) as question records assign them, when every one has a 'split'; else None. A question on
     both sides is refused: held-out questions are never trained on."""

@@ -116,9 +116,9 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
         if schedule:
             print(f"promptbake: {schedule}", flush=True)
     if resume and (out / runfolder.QUESTIONS).is_file():   # the questions the killed run chose, not new ones
-        records = file_records(str(out / runfolder.QUESTIONS))
-        chosen = (*record_splits(records, str(out / runfolder.QUESTIONS)), records,
-                  runfolder.read_bake_json(out)["questions"])
+        path = str(out / runfolder.QUESTIONS)
+        records = file_records(path)
+        chosen = (*record_splits(records, path), records, runfolder.read_bake_json(out)["questions"])
     question_start = time.perf_counter()
     train_q, heldout_q, question_records, question_summary = chosen or bake_questions(config, model, tokenizer,
                                                                                      system_prompt, progress)
