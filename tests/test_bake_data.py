@@ -111,6 +111,30 @@ def test_sequential_bake_carries_the_first_prompt_into_the_teacher(tiny_model_di
     assert load_baked(alone).system_prompt == NEWS
 
 
+def test_a_carrying_chain_asks_the_earlier_bakes_own_questions_in_place_of_general_ones(tiny_model_dir,
+                                                                                           tiny_bake_dir, tmp_path):
+    """With --questions auto, a bake --on a chain trades half its general training questions for the earlier bakes'
+    targeted ones (source 'carried', and the run they came from), so the teacher prompted with every prompt is asked
+    about the first one too; the number of training questions stays, and without carrying nothing is traded."""
+    carried, alone = tmp_path / "carried", tmp_path / "alone"
+    flags = ("--train-questions", "8")
+    assert _bake(tiny_model_dir, carried, NEWS, "--on", str(tiny_bake_dir), *flags) == 0
+    assert _bake(tiny_model_dir, alone, NEWS, "--on", str(tiny_bake_dir), "--no-carry-prompts", *flags) == 0
+    first = {q["question"] for q in _records(tiny_bake_dir / "questions.jsonl")
+             if q["split"] == "train" and q["source"] != "builtin"}
+    rows, plain = _records(carried / "questions.jsonl"), _records(alone / "questions.jsonl")
+    kept = [q for q in rows if q["source"] == "carried"]
+    general = [q for q in plain if q["split"] == "train" and q["source"] == "builtin"]
+    assert kept and len(kept) == len(general) // 2 and {q["question"] for q in kept} <= first
+    assert all(q["split"] == "train" and q["from"] == str(tiny_bake_dir) for q in kept)
+    assert not any(q["source"] == "carried" for q in plain)
+    assert sum(q["split"] == "train" for q in rows) == sum(q["split"] == "train" for q in plain)
+    mix = json.loads((carried / "bake.json").read_text())["questions"]["mix"]
+    assert mix["carried"] == {str(tiny_bake_dir): len(kept)} and mix["by_source"]["carried"] == len(kept)
+    trained = {t.question for t in read_trajectories(carried / "trajectories.jsonl") if t.split == "train"}
+    assert {q["question"] for q in kept} <= trained
+
+
 def test_a_carried_teacher_is_the_original_base_model_whoever_computes_it(tiny_model_dir, tiny_bake_dir, tmp_path):
     """Sampling keeps the teacher's logits; `promptbake train` recomputes them from the original base (not the
     merged chain with its adapter off): the closure's starting KL must agree."""
