@@ -131,6 +131,8 @@ def test_a_carrying_chain_asks_the_earlier_bakes_own_questions_in_place_of_gener
     assert sum(q["split"] == "train" for q in rows) == sum(q["split"] == "train" for q in plain)
     mix = json.loads((carried / "bake.json").read_text())["questions"]["mix"]
     assert mix["carried"] == {str(tiny_bake_dir): len(kept)} and mix["by_source"]["carried"] == len(kept)
+    assert mix["general"]["train"] == len(general) - len(kept) == \
+        mix["by_source"]["builtin"] - mix["general"]["heldout"]
     trained = {t.question for t in read_trajectories(carried / "trajectories.jsonl") if t.split == "train"}
     assert {q["question"] for q in kept} <= trained
 

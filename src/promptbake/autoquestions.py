@@ -2,15 +2,16 @@
 
 Candidates come from targeted.py (templates over the prompt's names, a pool of prompt-sensitive questions) and from
 the generator model, asked as a chat model which questions the prompt and each of its sentences answer. Each is
-ranked by its relevance: the KL between the base model with and without the prompt over the first
-RELEVANCE_TOKENS tokens of the prompted model's greedy answer, a free measure of whether the prompt changes the
-answer. Candidates whose greedy answer adds the prompt's own words, words the question did not already say
-(grounded: they make the teacher say what the prompt says), come first, each part by relevance, and fill the
-targeted share of the split; questions the prompt barely moves (below MIN_RELEVANCE) are dropped; the builtin pool fills the rest, so general behaviour
-and locality are still trained. Within the targeted share, a question whose greedy answer uses a prompt word few
-other answers use gets more teacher samples (`samples` in questions.jsonl), so that every fact the candidates can
-draw out is said in several training answers; the share keeps its number of trajectories. A bake --on a chain that
-carries its prompts also asks the earlier bakes' own targeted questions, in place of half the general ones.
+ranked by its relevance: the KL between the base model with and without the prompt over the first RELEVANCE_TOKENS
+tokens of the prompted model's greedy answer, a free measure of whether the prompt changes the answer. Candidates
+whose greedy answer adds the prompt's own words, words the question did not already say (grounded: they make the
+teacher say what the prompt says), come first, each part by relevance, and fill the targeted share of the split;
+questions the prompt barely moves (below MIN_RELEVANCE) are dropped; the builtin pool fills the rest, so general
+behaviour and locality are still trained. Within the targeted share, a question whose greedy answer uses a prompt
+word few other answers use gets more teacher samples (`samples` in questions.jsonl), so that every fact the
+candidates can draw out is said in several training answers; the share keeps its number of trajectories. A bake --on
+a chain that carries its prompts also asks the earlier bakes' own targeted questions, in place of half the general
+ones.
 """
 from __future__ import annotations
 
@@ -304,6 +305,8 @@ def bake_questions(config, model, tokenizer, system_prompt: str,
         if carries_prompts(config):
             train, records, summary["carried"] = carried_questions(config, train, heldout, records)
             summary["by_source"][CARRIED] = sum(summary["carried"].values())
+            summary["by_source"]["builtin"] -= summary["by_source"][CARRIED]   # they took general questions' places
+            summary["general"]["train"] -= summary["by_source"][CARRIED]
             if progress:
                 print(f"questions: {summary['by_source'][CARRIED]} general training questions give way to the "
                       f"earlier bakes' own, so the teacher is asked about every prompt it carries",
