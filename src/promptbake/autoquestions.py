@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 
-from . import runfolder
 from .base import carries_prompts, chain_runs
 from .config import SampleConfig
 from .data import Trajectory
@@ -31,7 +30,7 @@ from .prompts import student_prompt_ids, teacher_prompt_ids, stop_token_ids
 from .models import load_model, resolve_model
 from .precision import place
 from .questions import (AUTO, builtin_questions, file_records, is_generated, load_questions, record_samples,
-                        record_sources, record_splits, split_questions)
+                        record_sources, record_splits, run_questions, split_questions)
 from .sampling import batches_of, generate_batch, generation_config, stream_seed
 from .targeted import (CHAT_ASKS, exposure_samples, grouped_split, mentioned, normalise, parse_list, prompt_pool,
                        prompt_sentences, prompt_terms, similarity, template_questions, usable, NEAR_DUPLICATE)
@@ -154,9 +153,12 @@ def candidates(model, tokenizer, system_prompt: str, seed: int, generator=None) 
 
 
 def auto_questions(model, tokenizer, system_prompt: str, n_train: int, n_heldout: int, targeted_fraction: float,
-                   seed: int, generator=None) -> tuple[list[str], list[str], list[dict], dict]:
+                   seed: int, generator=None,
+                   earlier: dict[str, list[str]] | None = None) -> tuple[list[str], list[str], list[dict], dict]:
     """(train, heldout, records, summary): the targeted share of each split from the most relevant candidates, the
-    rest from the builtin pool; no question on one side is a near-duplicate of one on the other.
+    rest from the builtin pool; no question on one side is a near-duplicate of one on the other. `earlier` (a chain
+    that carries its prompts: each earlier run's targeted training questions) takes places of the general share
+    (_carry).
 
     records (questions.jsonl) hold question, split, source and relevance; summary records the mix.
     """
@@ -184,6 +186,11 @@ def auto_questions(model, tokenizer, system_prompt: str, n_train: int, n_heldout
                                          n_heldout - len(t_heldout), seed)
     heldout = t_heldout + g_heldout
     train = [q for q in t_train + g_train if all(similarity(q, h) < NEAR_DUPLICATE for h in heldout)]
+    chosen = set(train)
+    g_kept = [q for q in g_train if q in chosen]
+    carried = _carry(earlier or {}, train, heldout, len(g_kept))
+    dropped = set(g_kept[len(g_kept) - len(carried):]) if carried else set()
+    train = [q for q in train if q not in dropped] + [q for q, _ in carried]
     trained = set(train)
     records = ([{"question": q, "split": "train", "source": by_text[q].source, "relevance": by_text[q].relevance,
                  "grounded": by_text[q].grounded, **({"samples": samples[q]} if samples[q] > 1 else {})}
@@ -192,8 +199,10 @@ def auto_questions(model, tokenizer, system_prompt: str, n_train: int, n_heldout
                    "relevance": by_text[q].relevance, "grounded": by_text[q].grounded} for q in t_heldout]
                + [{"question": q, "split": "train", "source": "builtin", "relevance": None}
                   for q in g_train if q in trained]
-               + [{"question": q, "split": "heldout", "source": "builtin", "relevance": None} for q in g_heldout])
-    targeted_train = sum(r["split"] == "train" and r["source"] != "builtin" for r in records)
+               + [{"question": q, "split": "heldout", "source": "builtin", "relevance": None} for q in g_heldout]
+               + [{"question": q, "split": "train", "source": CARRIED, "relevance": None, "from": run}
+                  for q, run in carried])
+    targeted_train = sum(r["split"] == "train" and r["source"] in TARGETED_SOURCES for r in records)
     exposure: dict[str, int] = {}
     for q in t_train:
         for term in by_text[q].terms if q in trained else ():
@@ -203,10 +212,12 @@ def auto_questions(model, tokenizer, system_prompt: str, n_train: int, n_heldout
                "extra_samples": sum(samples[q] - 1 for q in t_train if q in trained),
                "exposure": dict(sorted(exposure.items(), key=lambda item: (item[1], item[0]))),
                "targeted": {"train": targeted_train, "heldout": len(t_heldout)},
-               "general": {"train": len(train) - targeted_train, "heldout": len(g_heldout)},
+               "general": {"train": sum(r["split"] == "train" and r["source"] == "builtin" for r in records),
+                           "heldout": len(g_heldout)},
                "by_source": {s: sum(r["source"] == s for r in records)
-                             for s in (*TARGETED_SOURCES, "builtin")},
-               "min_relevance": MIN_RELEVANCE}
+                             for s in (*TARGETED_SOURCES, "builtin", *((CARRIED,) if earlier else ()))},
+               "min_relevance": MIN_RELEVANCE,
+               **({"carried": {run: sum(r == run for _, r in carried) for run in earlier}} if earlier else {})}
     return train, heldout, records, summary
 
 
@@ -229,34 +240,24 @@ def _spread_exposure(t_train: list[str], ranked: list[Candidate]) -> tuple[list[
     return ordered, counts
 
 
-def carried_questions(config, train: list[str], heldout: list[str],
-                      records: list[dict]) -> tuple[list[str], list[dict], dict[str, int]]:
-    """(train, records, carried per earlier run) for a bake that carries its --on chain's prompts.
+def _carry(earlier: dict[str, list[str]], train: list[str], heldout: list[str],
+           general: int) -> list[tuple[str, str]]:
+    """(question, run) pairs for a bake that carries its --on chain's prompts.
 
     The new prompt's candidates ask only about it, so the teacher (prompted with every prompt of the chain) would be
     asked about the earlier prompts only by the general pool: the persona's planet fell from 34 % to 22 % in a chain
-    bake. Here CARRIED_SHARE of the general training questions give way to each earlier bake's own targeted training
-    questions (its questions.jsonl, most relevant first, an equal part per bake), none repeating or nearly repeating
-    a question already chosen; the bake keeps its number of questions and its length."""
-    runs = [run for run, _ in chain_runs(config)]
-    general = [r["question"] for r in records if r["split"] == "train" and r["source"] == "builtin"]
-    quota = int(len(general) * CARRIED_SHARE) // len(runs)
+    bake. Here CARRIED_SHARE of the `general` training questions give way to each earlier run's own targeted
+    training questions (most relevant first, an equal part per run), none repeating or nearly repeating a question
+    already chosen; the bake keeps its number of questions and its length."""
+    quota = int(general * CARRIED_SHARE) // len(earlier) if earlier else 0
     taken = {normalise(q) for q in train + heldout}
-    carried, counts = [], {}
-    for run in runs:
-        path = run / runfolder.QUESTIONS
-        rows = file_records(str(path)) if path.is_file() else []   # a bake on a file or builtin pool has none
-        mine = [r["question"] for r in rows if r["split"] == "train" and r.get("source") in TARGETED_SOURCES]
-        picked = [q for q in mine if normalise(q) not in taken
+    carried = []
+    for run, questions in earlier.items():
+        picked = [q for q in questions if normalise(q) not in taken
                   and all(similarity(q, h) < NEAR_DUPLICATE for h in heldout)][:quota]
         taken.update(normalise(q) for q in picked)
-        carried += [{"question": q, "split": "train", "source": CARRIED, "relevance": None, "from": str(run)}
-                    for q in picked]
-        counts[str(run)] = len(picked)
-    dropped = set(general[len(general) - len(carried):]) if carried else set()
-    train = [q for q in train if q not in dropped] + [r["question"] for r in carried]
-    records = [r for r in records if not (r["split"] == "train" and r["question"] in dropped)] + carried
-    return train, records, counts
+        carried += [(q, run) for q in picked]
+    return carried
 
 
 def check_question_model(config) -> None:
@@ -292,9 +293,11 @@ def bake_questions(config, model, tokenizer, system_prompt: str,
             gen_model, gen_tokenizer, _ = load_model(sample.question_model, config.model.allow_download,
                                                      config.model.trust_remote_code)
             generator = (place(gen_model, config.model.device, config.model.precision), gen_tokenizer)
+        earlier = ({str(run): [r["question"] for r in run_questions(run)[0] if r.get("source") in TARGETED_SOURCES]
+                    for run, _ in chain_runs(config)} if carries_prompts(config) else None)
         train, heldout, records, summary = auto_questions(model, tokenizer, system_prompt, sample.train_questions,
                                                           sample.heldout_questions, sample.targeted_fraction,
-                                                          config.seed, generator)
+                                                          config.seed, generator, earlier)
         summary["question_model"] = sample.question_model or "the base model"
         if progress:
             print(f"questions: {summary['targeted']['train']} train + {summary['targeted']['heldout']} held-out aimed "
@@ -302,12 +305,7 @@ def bake_questions(config, model, tokenizer, system_prompt: str,
                   f"drawing on its own words; {summary['extra_samples']} extra samples for answers using its "
                   f"rarer words), the rest from the builtin pool; all in questions.jsonl",
                   file=sys.stderr, flush=True)
-        if carries_prompts(config):
-            train, records, summary["carried"] = carried_questions(config, train, heldout, records)
-            summary["by_source"][CARRIED] = sum(summary["carried"].values())
-            summary["by_source"]["builtin"] -= summary["by_source"][CARRIED]   # they took general questions' places
-            summary["general"]["train"] -= summary["by_source"][CARRIED]
-            if progress:
+        if earlier and progress:
                 print(f"questions: {summary['by_source'][CARRIED]} general training questions give way to the "
                       f"earlier bakes' own, so the teacher is asked about every prompt it carries",
                       file=sys.stderr, flush=True)

@@ -19,7 +19,7 @@ from .autoquestions import TARGETED_SOURCES
 from .base import PROMPT_SEPARATOR, load_base
 from .config import BakeConfig, config_from_dict, override, save_config
 from .errors import UserError
-from .questions import file_records
+from .questions import run_questions
 from .targeted import NEAR_DUPLICATE, similarity
 
 
@@ -72,18 +72,6 @@ def summed_adapter(config: BakeConfig, runs: list[Path], weights: list[float]):
     for name in names:
         model.delete_adapter(name)
     return model, source
-
-
-def run_questions(run: Path, record: dict) -> tuple[list[dict], list[dict]]:
-    """(train, held-out) question records of a finished bake: its questions.jsonl lines (each with its source and
-    samples), else bake.json's lists."""
-    path = run / runfolder.QUESTIONS
-    if path.is_file():
-        rows = file_records(str(path))
-        return [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "heldout"]
-    questions = record.get("questions") or {}
-    return ([{"question": q} for q in questions.get("train") or []],
-            [{"question": q} for q in questions.get("heldout") or []])
 
 
 def combined_questions(splits: list[tuple[list[dict], list[dict]]], n_train: int) -> list[dict]:

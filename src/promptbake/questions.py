@@ -6,6 +6,7 @@ import random
 from importlib import resources
 from pathlib import Path
 
+from . import runfolder
 from .config import not_utf8, show
 from .errors import UserError
 
@@ -100,6 +101,18 @@ def record_samples(records: list[dict]) -> dict[str, int]:
     word of the prompt."""
     return {r["question"]: r["samples"] for r in records
             if isinstance(r.get("samples"), int) and not isinstance(r["samples"], bool) and r["samples"] > 1}
+
+
+def run_questions(run: Path, record: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) question records of a finished bake: its questions.jsonl lines (each with its source and
+    samples), else the lists of its bake.json `record`."""
+    path = run / runfolder.QUESTIONS
+    if path.is_file():
+        rows = file_records(str(path))
+        return [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "heldout"]
+    questions = (record or {}).get("questions") or {}
+    return ([{"question": q} for q in questions.get("train") or []],
+            [{"question": q} for q in questions.get("heldout") or []])
 
 
 def file_sources(source: str) -> dict[str, str]:
