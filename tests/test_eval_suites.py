@@ -75,7 +75,11 @@ def test_simulator_sees_the_dialogue_with_roles_swapped():
 
 
 def test_drift_runs_the_self_chat_turn_by_turn(baked, tmp_path):
-    result = drift_suite(baked, load_probes(_file(tmp_path, PROBES)), turns=2, dialogues=2, samples=2)
+    heard = []
+    result = drift_suite(baked, load_probes(_file(tmp_path, PROBES)), turns=2, dialogues=2, samples=2,
+                         progress=heard.append)
+    assert heard[0] == "drift: base+prompt, turn 0 of 2: 4/4 pass 'anything'"   # a line per judged turn, as it goes
+    assert len(heard) == 3 * 3 and heard[-1] == "drift: baked+prompt, turn 2 of 2: 4/4 pass 'anything'"
     assert set(result["conditions"]) == {"base+prompt", "baked", "baked+prompt"}
     for entry in result["conditions"].values():
         assert [t["turn"] for t in entry["per_turn"]] == [0, 1, 2]

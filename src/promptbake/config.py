@@ -75,7 +75,7 @@ class SampleConfig:
                                  "learns the prompt's content and keeps the model's other answers, for a fact or "
                                  "news prompt; not for a style prompt, which should change every answer)",
                                  "prompted")
-    train_questions: int = _help("questions used for training (drawn with the seed)", 192)
+    train_questions: int = _help("questions used for training (drawn with the seed)", 128)
     heldout_questions: int = _help("questions held out for the closure metric, never trained on", 16)
     trajectories_per_question: int = _help("teacher samples per training question (0: auto, 2 where the model runs "
                                            "in bf16, else 1, and 1 for a greedy teacher)", 0)

@@ -37,10 +37,12 @@ def simulator_view(topic: str, dialogue: list[dict]) -> list[dict]:
 
 
 def drift_suite(baked, probes: ProbeFile, turns: int = DEFAULT_TURNS, dialogues: int = DEFAULT_DIALOGUES,
-                samples: int = DEFAULT_SAMPLES, temperature: float | None = None, seed: int = 0) -> dict:
+                samples: int = DEFAULT_SAMPLES, temperature: float | None = None, seed: int = 0,
+                progress=None) -> dict:
     """Probe pass rate after each assistant turn of `dialogues` self-chats, for base+prompt, baked, baked+prompt.
 
-    Turn 0 is the probe asked with no conversation at all. Returns {"turns", "dialogues", "samples_per_dialogue",
+    Turn 0 is the probe asked with no conversation at all. `progress(line)`, when given, hears each turn's result as
+    it is judged (a default eval takes half an hour on 2 cores). Returns {"turns", "dialogues", "samples_per_dialogue",
     "probe": {"name", "question", "check"}, "topics", "conditions": {condition: {"per_turn": [{"turn", rate...}],
     "example": the first dialogue's transcript}}}.
     """
@@ -56,8 +58,11 @@ def drift_suite(baked, probes: ProbeFile, turns: int = DEFAULT_TURNS, dialogues:
         def judge(dialogs: list[list[dict]], turn: int) -> dict:
             branch = [d + [{"role": "user", "content": probe.question}] for d in dialogs for _ in range(samples)]
             replies = ask(branch, 3 * turn + 2, PROBE_TOKENS)
-            return {"turn": turn, **rate(sum(probe.check(r) for r in replies), len(replies)),
-                    "example_reply": replies[0]}
+            passed = sum(probe.check(r) for r in replies)
+            if progress:
+                progress(f"drift: {condition.name}, turn {turn} of {turns}: {passed}/{len(replies)} pass "
+                         f"'{probe.name}'")
+            return {"turn": turn, **rate(passed, len(replies)), "example_reply": replies[0]}
 
         dialogs = [[{"role": "user", "content": OPENER.format(topic=t)}] for t in topics]
         per_turn = [judge([[] for _ in topics], 0)]

@@ -13,6 +13,7 @@ Suites (each compares the four conditions of conditions.py where that makes sens
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def drift_suite(baked, options: EvalConfig) -> dict:
     if not options.probes:
         raise UserError("the drift suite needs a persona probe: pass --probes FILE (its drift_probe, else its first)")
     return run(baked, load_probes(options.probes), options.turns, options.dialogues, temperature=options.temperature,
-               seed=options.seed)
+               seed=options.seed, progress=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def cot_suite(baked, options: EvalConfig) -> dict:
