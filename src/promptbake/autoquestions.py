@@ -306,9 +306,9 @@ def bake_questions(config, model, tokenizer, system_prompt: str,
                   f"rarer words), the rest from the builtin pool; all in questions.jsonl",
                   file=sys.stderr, flush=True)
         if earlier and progress:
-                print(f"questions: {summary['by_source'][CARRIED]} general training questions give way to the "
-                      f"earlier bakes' own, so the teacher is asked about every prompt it carries",
-                      file=sys.stderr, flush=True)
+            print(f"questions: {summary['by_source'][CARRIED]} general training questions give way to the "
+                  f"earlier bakes' own, so the teacher is asked about every prompt it carries",
+                  file=sys.stderr, flush=True)
         return train, heldout, records, summary
     given_records = file_records(sample.questions)   # a run's questions.jsonl keeps the split, which questions
     given = record_splits(given_records, sample.questions)   # were targeted, and which had more teacher samples
