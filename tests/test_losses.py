@@ -156,6 +156,27 @@ def test_fused_head_kl_equals_top_k_kl_of_the_head_logits_with_its_gradient(chun
     assert got.abs().sum() > 0
 
 
+
+def test_fused_head_kl_with_bf16_hidden_states_keeps_float32_logits_and_a_close_bf16_gradient():
+    """Under bf16-resident weights the KL comes from float32 logits (exactly the float32 value for the same bf16
+    hidden states), and the gradient, whose product with the head runs in bf16 (grad_weight), stays within bf16's
+    rounding of the float32 one: relative error under 1 %."""
+    from promptbake.losses import head_kl_topk
+
+    torch.manual_seed(4)
+    weight = torch.randn(300, 16) * 0.5
+    ids, log_probs = _top(_logits(5, (12, 300)), 8)
+    hidden = torch.randn(12, 16).bfloat16().requires_grad_(True)
+    exact = hidden.detach().float().requires_grad_(True)
+    want = head_kl_topk(exact, weight, None, ids, log_probs)
+    want.sum().backward()
+    got = head_kl_topk(hidden, weight, None, ids, log_probs, grad_weight=weight.bfloat16())
+    got.sum().backward()
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-6)
+    assert hidden.grad.dtype == torch.bfloat16
+    error = (hidden.grad.float() - exact.grad).norm() / exact.grad.norm()
+    assert 0 < error < 0.01
+
 def test_fused_training_step_gives_the_same_loss_and_adapter_gradients_as_logits(tiny):
     """The fused path (decoder hidden states on real positions + head_kl_topk) and the logits path agree."""
     from conftest import make_trajectories

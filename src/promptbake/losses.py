@@ -96,17 +96,22 @@ class _HeadKLTopK(torch.autograd.Function):
     t_tail and s_tail the two tail buckets): s_j − t_j on K, s_j·(1 − t_tail / s_tail) elsewhere. It is computed in
     the forward pass, chunk by chunk, and only its product with W (the gradient for h, [N, H]) is kept: no [N, V]
     tensor outlives its chunk, and autograd never sees the vocabulary-wide ops.
+
+    The logits are float32 whatever the hidden states' dtype. Under bf16-resident weights (`grad_weight`, the head's
+    bf16 weight) the gradient product runs in bf16: it is kept in the hidden states' bf16 anyway, and on 2 cores with
+    AVX512-BF16 it took 43 against 77 ms for 192 rows of SmolLM2's 49152 × 576 head.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, teacher_ids, teacher_log_probs, chunk):
+    def forward(ctx, hidden, weight, bias, teacher_ids, teacher_log_probs, chunk, grad_weight):
         # float32 logits, whatever the hidden states' dtype: a bf16 logit near 20 is off by up to 0.06
         return _HeadKLTopK._forward(ctx, hidden, weight.float(), None if bias is None else bias.float(),
-                                    teacher_ids, teacher_log_probs, chunk)
+                                    teacher_ids, teacher_log_probs, chunk, grad_weight)
 
     @staticmethod
-    def _forward(ctx, hidden, weight, bias, teacher_ids, teacher_log_probs, chunk):
+    def _forward(ctx, hidden, weight, bias, teacher_ids, teacher_log_probs, chunk, grad_weight):
         want_grad = ctx.needs_input_grad[0]
+        low = grad_weight is not None and hidden.dtype != torch.float32 and grad_weight.dtype == hidden.dtype
         kl = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if want_grad else None
         log_t = teacher_log_probs.float()
@@ -127,21 +132,23 @@ class _HeadKLTopK(torch.autograd.Function):
             if want_grad:
                 probs.mul_((1 - t_tail / s_tail.clamp(min=1e-30))[:, None])
                 probs.scatter_(-1, ids, log_s_top.exp() - t)
-                grad_hidden[rows] = (probs @ weight).to(hidden.dtype)
+                grad_hidden[rows] = probs.to(hidden.dtype) @ grad_weight if low else (probs @ weight).to(hidden.dtype)
         ctx.save_for_backward(grad_hidden)
         return kl
 
     @staticmethod
     def backward(ctx, grad_kl):
         (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad_kl[:, None].to(grad_hidden.dtype), None, None, None, None, None
+        return grad_hidden * grad_kl[:, None].to(grad_hidden.dtype), None, None, None, None, None, None
 
 
 def head_kl_topk(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, teacher_ids: torch.Tensor,
-                 teacher_log_probs: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+                 teacher_log_probs: torch.Tensor, chunk: int = 512,
+                 grad_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Forward KL of per_token_kl_topk, from hidden states [N, H] and a frozen LM head (weight [V, H]): [N].
 
     Equal to per_token_kl_topk(ids, log_probs, linear(hidden, weight, bias)) with its gradient, at a fraction of the
-    memory and time (see _HeadKLTopK); the LM head's weights get no gradient.
+    memory and time (see _HeadKLTopK); the LM head's weights get no gradient. `grad_weight`, the head's weight in the
+    bf16 of `hidden`, lets the gradient product run in bf16 (the logits stay float32).
     """
-    return _HeadKLTopK.apply(hidden, weight, bias, teacher_ids, teacher_log_probs, chunk)
+    return _HeadKLTopK.apply(hidden, weight, bias, teacher_ids, teacher_log_probs, chunk, grad_weight)

@@ -117,7 +117,7 @@ def _step_loss_in(model, train: list[Trajectory], group: list[int], pad_id: int,
         hidden = completion_hidden(model, batch, "student")
         ids, log_probs = (x.to(hidden.device) for x in cache.rows(group))
         bias = None if head.bias is None else float32_of(head.bias)
-        kl_sum = head_kl_topk(hidden, float32_of(head.weight), bias, ids, log_probs).sum()
+        kl_sum = head_kl_topk(hidden, float32_of(head.weight), bias, ids, log_probs, grad_weight=head.weight).sum()
     else:
         student = completion_logits(model, batch, "student")    # [B, C, V]
         if cache is not None:                                     # full logits or top-k + tail, computed once
