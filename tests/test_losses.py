@@ -55,6 +55,19 @@ def test_zero_probability_teacher_tokens_give_finite_kl():
     assert torch.isfinite(value)
 
 
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "jsd"])
+def test_without_a_graph_the_in_place_divergence_gives_the_same_values_and_leaves_its_inputs(direction):
+    """Held-out KL runs without a graph, on in-place temporaries; values match the autograd path, -inf included."""
+    teacher, student = _logits(11), _logits(12).requires_grad_(True)
+    teacher[..., 0] = float("-inf")
+    kept = teacher.clone(), student.detach().clone()
+    with_graph = per_token_kl(teacher, student, direction)
+    with torch.no_grad():
+        without = per_token_kl(teacher, student, direction)
+    assert torch.allclose(with_graph.detach(), without, atol=1e-6) and torch.isfinite(without).all()
+    assert torch.equal(teacher, kept[0]) and torch.equal(student.detach(), kept[1])
+
 def test_mean_is_independent_of_how_tokens_split_across_batches():
     teacher, student = _logits(11, (6, 4, 9)), _logits(12, (6, 4, 9))
     mask = (torch.rand(6, 4, generator=torch.Generator().manual_seed(0)) > 0.3).float()
