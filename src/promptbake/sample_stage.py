@@ -78,7 +78,7 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
 
     Returns ((model, tokenizer, source), teacher): with `keep_logits`, teacher maps "train" to a TeacherCache of
     the training trajectories (top-k when train.teacher_top_k, else full logits) and "heldout" to the held-out
-    trajectories' full logits, each in the order of trajectories.jsonl and only where it fits
+    trajectories' full logits (float32 weights only), each in the order of trajectories.jsonl and only where it fits
     train.teacher_cache_gb; without, it is empty.
     """
     system_prompt = _check_prompt(system_prompt)
@@ -170,8 +170,13 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
             })
         done = read_sampled(progress_file)   # by index into jobs (training jobs first)
         top_k = config.train.teacher_top_k
-        # the training split's cache is top-k (train.teacher_top_k) or full; the held-out split's is always full
-        keep = {split: k for split, split_jobs, k in (("train", train_jobs, top_k), ("heldout", heldout_jobs, 0))
+        # the training split's cache is top-k (train.teacher_top_k) or full; the held-out split's is always full, and
+        # not kept from bf16 weights: closure is measured against the float32 teacher (bake.py computes its logits;
+        # keeping the bf16 ones held ~280 MB for SmolLM2 through sampling, for nothing)
+        splits = [("train", train_jobs, top_k)]
+        if getattr(model, "promptbake_precision", "float32") != "bf16":
+            splits.append(("heldout", heldout_jobs, 0))
+        keep = {split: k for split, split_jobs, k in splits
                 if keep_logits and not done and TeacherCache.fits(model, len(split_jobs) * config.sample.max_new_tokens,
                                                                   config.train.teacher_cache_gb, k)}
         try:
