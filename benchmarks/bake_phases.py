@@ -205,9 +205,17 @@ def main() -> None:
         ratios = {phase: round(first["phases"][phase]["seconds"] / second["phases"][phase]["seconds"], 2)
                   for phase in first["phases"] if second["phases"][phase]["seconds"] > 0}
         ratios["wall"] = round(first["wall_seconds"] / second["wall_seconds"], 2)
-        result.update(speedup=ratios, closure_difference=round(second["closure"] - first["closure"], 4))
+        # the auto schedule differs between precisions (two teacher samples per question in bf16): tokens per second
+        # compare the precisions on equal work, seconds compare the two defaults
+        throughput = {phase: round(second["phases"][phase]["tokens_per_s"] / first["phases"][phase]["tokens_per_s"], 2)
+                      for phase in first["phases"]
+                      if first["phases"][phase].get("tokens_per_s") and second["phases"][phase].get("tokens_per_s")}
+        result.update(speedup=ratios, throughput_ratio=throughput,
+                      closure_difference=round(second["closure"] - first["closure"], 4))
         print(f"\n{names[0]} seconds / {names[1]} seconds, per phase: "
               + ", ".join(f"{phase} {ratio}x" for phase, ratio in ratios.items()))
+        print(f"{names[1]} tokens/s / {names[0]} tokens/s (equal work): "
+              + ", ".join(f"{phase} {ratio}x" for phase, ratio in throughput.items()))
         print(f"closure {names[1]} - {names[0]}: {result['closure_difference']:+.4f} (each on its own samples)")
     if args.naive:
         import sys
