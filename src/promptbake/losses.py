@@ -15,8 +15,8 @@ def _kl_from_logprobs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(p ‖ q) summed over the last dim. A token with p = 0 (log p = -inf) contributes 0: clamping log p to a
     huge finite negative keeps 0 · (log p − log q) from becoming NaN, and is cheaper than a masked select.
 
-    Without a graph (held-out KL, [256, V] per call) it works in place on its two clamped copies: two vocabulary-wide
-    temporaries instead of five, 150 MB less resident memory at its peak for SmolLM2."""
+    Without a graph (held-out KL, [128, V] per call) it works in place on its two clamped copies: two vocabulary-wide
+    temporaries instead of five (at 256 rows of SmolLM2, 206 instead of 357 MB at its peak)."""
     if torch.is_grad_enabled() and (log_p.requires_grad or log_q.requires_grad):
         log_p, log_q = log_p.clamp(min=-1e30), log_q.clamp(min=-1e30)
         return (log_p.exp() * (log_p - log_q)).sum(-1)
