@@ -55,7 +55,6 @@ def test_zero_probability_teacher_tokens_give_finite_kl():
     assert torch.isfinite(value)
 
 
-
 @pytest.mark.parametrize("direction", ["forward", "reverse", "jsd"])
 def test_without_a_graph_the_in_place_divergence_gives_the_same_values_and_leaves_its_inputs(direction):
     """Held-out KL runs without a graph, on in-place temporaries; values match the autograd path, -inf included."""
@@ -67,6 +66,7 @@ def test_without_a_graph_the_in_place_divergence_gives_the_same_values_and_leave
         without = per_token_kl(teacher, student, direction)
     assert torch.allclose(with_graph.detach(), without, atol=1e-6) and torch.isfinite(without).all()
     assert torch.equal(teacher, kept[0]) and torch.equal(student.detach(), kept[1])
+
 
 def test_mean_is_independent_of_how_tokens_split_across_batches():
     teacher, student = _logits(11, (6, 4, 9)), _logits(12, (6, 4, 9))
@@ -169,7 +169,6 @@ def test_fused_head_kl_equals_top_k_kl_of_the_head_logits_with_its_gradient(chun
     assert got.abs().sum() > 0
 
 
-
 def test_fused_head_kl_with_bf16_hidden_states_keeps_float32_logits_and_a_close_bf16_gradient():
     """Under bf16-resident weights the KL comes from float32 logits (exactly the float32 value for the same bf16
     hidden states), and the gradient, whose product with the head runs in bf16 (grad_weight), stays within bf16's
@@ -189,6 +188,7 @@ def test_fused_head_kl_with_bf16_hidden_states_keeps_float32_logits_and_a_close_
     assert hidden.grad.dtype == torch.bfloat16
     error = (hidden.grad.float() - exact.grad).norm() / exact.grad.norm()
     assert 0 < error < 0.01
+
 
 def test_fused_training_step_gives_the_same_loss_and_adapter_gradients_as_logits(tiny):
     """The fused path (decoder hidden states on real positions + head_kl_topk) and the logits path agree."""

@@ -161,7 +161,6 @@ def test_a_bf16_bake_runs_end_to_end_and_measures_closure_in_float32(tiny_bake_d
     assert {t.dtype for t in tensors.values()} == {torch.float32}
 
 
-
 @pytest.mark.parametrize("precision", ["float32", "bf16"])
 def test_sampling_keeps_the_held_out_teacher_logits_only_from_float32_weights(tiny_model_dir, tmp_path, precision):
     """Closure is measured against the float32 teacher: logits sampled on bf16 weights are not kept for it."""
@@ -175,6 +174,7 @@ def test_sampling_keeps_the_held_out_teacher_logits_only_from_float32_weights(ti
     (model, _, _), teacher = sample_run(PERSONA, tmp_path / "run", config, progress=False, keep_logits=True)
     assert model.promptbake_precision == precision and "train" in teacher
     assert ("heldout" in teacher) == (precision == "float32")
+
 
 def test_a_bf16_bake_with_the_auto_schedule_samples_twice_per_question_and_records_it(tiny_model_dir, tmp_path):
     """Without --trajectories-per-question and --batch-size, a bf16 bake samples 2 answers per training question

@@ -94,8 +94,6 @@ def train_run(out: Path, config: BakeConfig | None = None, overwrite: bool = Fal
             top_k = config.train.teacher_top_k
             teacher = teacher or {}   # emptied as it is used: HeldoutKL keeps its own copy of the held-out cache
             train_cache, heldout_cache = teacher.pop("train", None), teacher.pop("heldout", None)
-            if getattr(model, "promptbake_precision", "float32") == "bf16":
-                heldout_cache = None   # sampled on bf16 weights: HeldoutKL computes the float32 teacher's
             if carries_prompts(config):   # the teacher is the original base, not this model with its adapter off
                 train_cache, heldout_cache = _root_teacher(config, train, heldout, pad_id, train_cache, heldout_cache)
             if train_cache is None and TeacherCache.fits(model, tokens, config.train.teacher_cache_gb, top_k):

@@ -17,11 +17,10 @@ def _kl_from_logprobs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
     Without a graph (held-out KL, [128, V] per call) it works in place on its two clamped copies: two vocabulary-wide
     temporaries instead of five (at 256 rows of SmolLM2, 206 instead of 357 MB at its peak)."""
+    log_p, log_q = log_p.clamp(min=-1e30), log_q.clamp(min=-1e30)
     if torch.is_grad_enabled() and (log_p.requires_grad or log_q.requires_grad):
-        log_p, log_q = log_p.clamp(min=-1e30), log_q.clamp(min=-1e30)
         return (log_p.exp() * (log_p - log_q)).sum(-1)
-    log_p, diff = log_p.clamp(min=-1e30), log_q.clamp(min=-1e30)
-    diff.neg_().add_(log_p)                                                      # log p − log q
+    diff = log_q.neg_().add_(log_p)                                              # log p − log q
     return log_p.exp_().mul_(diff).sum(-1)
 
 

@@ -98,7 +98,8 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
     carry = carries_prompts(config)
     teacher_prompt = teacher_system_prompt(config, system_prompt)
     model, tokenizer, source = load_base(config, merged=not carry)   # carrying: the teacher is the original base
-    config, schedule = resolve_schedule(config, getattr(model, "promptbake_precision", "float32"))
+    precision = getattr(model, "promptbake_precision", "float32")
+    config, schedule = resolve_schedule(config, precision)
     check_target_modules(model, config.train)   # before minutes of sampling, not after
     prompt_tokens = len(tokenizer(teacher_prompt, add_special_tokens=False)["input_ids"])
     # a prompt too long for any question is refused before the question phase spends time on it
@@ -171,10 +172,10 @@ def sample_run(system_prompt: str, out: Path, config: BakeConfig, overwrite: boo
         done = read_sampled(progress_file)   # by index into jobs (training jobs first)
         top_k = config.train.teacher_top_k
         # the training split's cache is top-k (train.teacher_top_k) or full; the held-out split's is always full, and
-        # not kept from bf16 weights: closure is measured against the float32 teacher (bake.py computes its logits;
-        # keeping the bf16 ones held ~280 MB for SmolLM2 through sampling, for nothing)
+        # not kept from bf16 weights: closure is measured against the float32 teacher, whose logits HeldoutKL computes
+        # when none are given (keeping the bf16 ones held ~280 MB for SmolLM2 through sampling, for nothing)
         splits = [("train", train_jobs, top_k)]
-        if getattr(model, "promptbake_precision", "float32") != "bf16":
+        if precision != "bf16":
             splits.append(("heldout", heldout_jobs, 0))
         keep = {split: k for split, split_jobs, k in splits
                 if keep_logits and not done and TeacherCache.fits(model, len(split_jobs) * config.sample.max_new_tokens,
