@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from promptbake import autoquestions
 from promptbake.autoquestions import auto_questions, relevance
 from promptbake.errors import UserError
 from promptbake.questions import builtin_questions, file_records, record_samples, record_sources, record_splits
@@ -101,6 +102,17 @@ def test_relevance_reads_a_longer_answer_than_it_scores_and_the_score_uses_only_
     assert long_scores == pytest.approx(short_scores, rel=1e-5)
     assert all(b.startswith(a) and len(b) >= len(a) for a, b in zip(short, long))
     assert any(len(b) > len(a) for a, b in zip(short, long))
+
+
+def test_relevance_does_not_depend_on_how_the_candidates_are_batched(tiny, monkeypatch):
+    """SCORE_BATCH only trades memory for speed: rows of different lengths scored together (one batch, left
+    padding after the shared prefix) get the scores and greedy answers they get in batches of one."""
+    model, tokenizer = tiny
+    questions = ["What is your name?", "Where do you live and what do you do all day?", "Why?", "Tell me a story."]
+    together = relevance(model, tokenizer, NEWS, questions)
+    monkeypatch.setattr(autoquestions, "SCORE_BATCH", 1)
+    alone = relevance(model, tokenizer, NEWS, questions)
+    assert together[0] == pytest.approx(alone[0], rel=1e-4, abs=1e-6) and together[1] == alone[1]
 
 
 def test_prompt_terms_are_the_prompts_own_words_not_the_ones_general_questions_use():
