@@ -105,7 +105,7 @@ def test_relevance_reads_a_longer_answer_than_it_scores_and_the_score_uses_only_
 
 
 def test_relevance_does_not_depend_on_how_the_candidates_are_batched(tiny, monkeypatch):
-    """SCORE_BATCH only trades memory for speed: rows of different lengths scored together (one batch, left
+    """SCORE_BATCH changes only speed and memory: rows of different lengths scored together (one batch, left
     padding after the shared prefix) get the scores and greedy answers they get in batches of one."""
     model, tokenizer = tiny
     questions = ["What is your name?", "Where do you live and what do you do all day?", "Why?", "Tell me a story."]
