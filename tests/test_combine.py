@@ -1,5 +1,6 @@
-"""`promptbake combine`: --exact is exactly the weighted sum of the bakes' weight updates; the default distils that
-sum toward the base model with every prompt, on the runs' own questions."""
+"""`promptbake combine`: --exact is exactly the weighted sum of the bakes' weight updates; --from-sum distils that
+sum toward the base model with every prompt, on the runs' own questions; the default keeps the first bake and bakes
+a new adapter on it toward every prompt, then saves both as one adapter of the base."""
 import json
 
 import pytest
@@ -12,7 +13,8 @@ from promptbake.baked import load_baked
 from promptbake.cli import main
 from promptbake.combine import combined_questions
 from promptbake.errors import UserError
-from promptbake.data import collate
+from promptbake.data import collate, read_trajectories
+from promptbake.eval.kl import HeldoutKL
 from promptbake.logits import completion_logits
 from promptbake.models import load_model
 
@@ -66,9 +68,9 @@ def _split(run):
             rows)
 
 
-def test_default_combine_distils_the_sum_toward_both_prompts(tiny_bake_dir, second_bake, tiny_model_dir, tmp_path):
+def test_combine_from_sum_distils_the_sum_toward_both_prompts(tiny_bake_dir, second_bake, tiny_model_dir, tmp_path):
     out = tmp_path / "carried"
-    assert main(["combine", str(tiny_bake_dir), str(second_bake), "--out", str(out), "--quiet"]) == 0
+    assert main(["combine", str(tiny_bake_dir), str(second_bake), "--out", str(out), "--quiet", "--from-sum"]) == 0
     record = json.loads((out / "bake.json").read_text())
     assert record["status"] == "finished" and record["kind"] == "combined" and record["combine"] == "distilled"
     first_prompt = (tiny_bake_dir / "system_prompt.txt").read_text()
@@ -94,6 +96,36 @@ def test_default_combine_distils_the_sum_toward_both_prompts(tiny_bake_dir, seco
     assert all(r["source"] == own[r["question"]] for r in rows)      # each question keeps its run's source
     assert record["config"]["train"]["lora_r"] == 2 * json.loads((tiny_bake_dir / "bake.json").read_text())[
         "config"]["train"]["lora_r"]
+
+
+def test_default_combine_keeps_the_first_bake_and_bakes_on_it(tiny_bake_dir, second_bake, tmp_path):
+    out = tmp_path / "on-first"
+    assert main(["combine", str(tiny_bake_dir), str(second_bake), "--out", str(out), "--quiet"]) == 0
+    record = json.loads((out / "bake.json").read_text())
+    assert record["status"] == "finished" and record["kind"] == "combined" and record["combine"] == "on-first"
+    both = (tiny_bake_dir / "system_prompt.txt").read_text() + "\n\n" + SECOND   # in the order given
+    assert record["system_prompt"] == record["teacher"]["system_prompt"] == (out / "system_prompt.txt").read_text() \
+        == both
+    assert record["teacher"]["chain"][0]["run"] == str(tiny_bake_dir.resolve())   # trained on the first, merged
+    # and saved as an ordinary adapter of the same base: the first bake's factors and the new ones, stacked
+    assert record["config"]["model"]["on"] == "" and not (out / "start_adapter").exists()
+    combined = load_baked(out)
+    first_rank = json.loads((tiny_bake_dir / "bake.json").read_text())["config"]["train"]["lora_r"]
+    assert combined.model.peft_config["default"].r == first_rank + record["config"]["train"]["lora_r"]
+    assert combined.system_prompt == both
+    # the saved adapter is the model that was trained: its held-out KL is the one the bake measured
+    heldout = [t for t in read_trajectories(out / "trajectories.jsonl") if t.split == "heldout"]
+    measure = HeldoutKL(combined.model, heldout, combined.tokenizer.pad_token_id, 4096)
+    assert measure.measure(combined.model, True, "student") == pytest.approx(record["metrics"]["heldout_kl_after"],
+                                                                              rel=1e-3)
+    assert record["metrics"]["heldout_kl_after"] < record["metrics"]["heldout_kl_before"]
+    # every checkpoint too (strength's half-baked points load them on the same base)
+    assert combined.checkpoints()
+    for name in combined.checkpoints():
+        assert combined.use_checkpoint(name).model.peft_config[name].r == combined.model.peft_config["default"].r
+    train, heldout, rows = _split(out)
+    assert heldout == _split(tiny_bake_dir)[1] | _split(second_bake)[1] and not train & heldout
+    assert {r["run"] for r in rows} == {0, 1}
 
 
 def test_combined_questions_keep_held_out_apart():
@@ -152,12 +184,15 @@ def test_combining_bakes_of_different_bases_is_refused(tiny_bake_dir, tiny_model
     assert not (tmp_path / "c").exists()
 
 
-@pytest.mark.parametrize("weights, message", [("1", "needs 2 finite numbers"), ("1,x", "comma-separated numbers"),
-                                              ("1,inf", "needs 2 finite numbers")])
-def test_bad_weights_are_one_line_exit_2(tiny_bake_dir, second_bake, tmp_path, capsys, weights, message):
-    assert main(["combine", str(tiny_bake_dir), str(second_bake), "--weights", weights,
-                 "--out", str(tmp_path / "c")]) == 2
-    assert message in capsys.readouterr().err
+@pytest.mark.parametrize("flags, message", [
+    (["--weights", "1", "--exact"], "needs 2 finite numbers"), (["--weights", "1,x"], "comma-separated numbers"),
+    (["--weights", "1,inf", "--from-sum"], "needs 2 finite numbers"),
+    (["--weights", "1,0.5"], "needs --exact or --from-sum"), (["--exact", "--from-sum"], "pick one")])
+def test_bad_combine_options_are_one_line_exit_2(tiny_bake_dir, second_bake, tmp_path, capsys, flags, message):
+    assert main(["combine", str(tiny_bake_dir), str(second_bake), *flags, "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "c").exists()
 
 
 def test_combine_needs_finished_bakes(tiny_bake_dir, tmp_path, capsys):

@@ -73,9 +73,10 @@ def cmd_strength(args: argparse.Namespace) -> int:
 def cmd_combine(args: argparse.Namespace) -> int:
     from .combine import combine_runs, parse_weights
 
-    out = combine_runs(args.dirs, args.out, parse_weights(args.weights, len(args.dirs)), args.overwrite,
-                       exact=args.exact, progress=not args.quiet)
-    how = "the exact sum" if args.exact else "the sum, distilled toward the base model with every prompt"
+    out = combine_runs(args.dirs, args.out, parse_weights(args.weights, len(args.dirs)) if args.weights else None,
+                       args.overwrite, exact=args.exact, progress=not args.quiet, from_sum=args.from_sum)
+    how = ("the exact sum" if args.exact else "the sum, distilled toward the base model with every prompt"
+           if args.from_sum else "the first bake and a new adapter baked on it toward the base model with every prompt")
     print(f"combined adapter ({how}) written to {out / 'adapter'}; try `promptbake generate {out} --question ...` or "
           f"`promptbake eval {out} --suite judges --probes ...`")
     return 0
@@ -121,15 +122,22 @@ def add_compose_parsers(verbs, prompt_verb) -> None:
     _add_strength_parser(verbs)
     combine_p = verbs.add_parser("combine", help="one adapter from several bakes of the same base, carrying every "
                                                  "prompt", description=(
-        "Combine the adapters of several finished bakes of one base model into a new run folder: the exact sum "
-        "ΔW = Σ wᵢ·ΔWᵢ (peft 'cat'), then, by default, a short bake from that sum whose teacher is the base model "
-        "with all the prompts in the order given, on the runs' own questions (--exact: the sum alone)."))
+        "Combine several finished bakes of one base model into a new run folder that carries every prompt. By "
+        "default the first bake is kept and a new adapter is baked on top of it, whose teacher is the base model "
+        "with all the prompts in the order given, on the runs' own questions (as `bake --on FIRST` does); both "
+        "are saved as one adapter of the base. --from-sum starts that bake at the exact sum ΔW = Σ wᵢ·ΔWᵢ of the "
+        "adapters (peft 'cat') instead; --exact writes the sum alone."))
     combine_p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders of finished bakes (two or more)")
-    combine_p.add_argument("--weights", default=None, metavar="W1,W2,...", help="one weight per run (default 1 each)")
+    combine_p.add_argument("--weights", default=None, metavar="W1,W2,...",
+                           help="one weight per run in the sum (default 1 each); with --exact or --from-sum")
     combine_p.add_argument("--out", required=True, help="run folder for the combined adapter")
     combine_p.add_argument("--overwrite", action="store_true", help="replace a previous bake in --out")
     combine_p.add_argument("--exact", action="store_true",
-                           help="write the exact weighted sum only (seconds), without distilling it toward the base "
-                                "model with all the prompts (a short bake, the default)")
+                           help="write the exact weighted sum of the adapters only (seconds: no sampling, no "
+                                "training)")
+    combine_p.add_argument("--from-sum", action="store_true",
+                           help="start the bake at the sum of the adapters and train all of it, instead of keeping "
+                                "the first bake and training a new adapter on it (kept the first prompt less: "
+                                "docs/prompt-content.md)")
     combine_p.add_argument("--quiet", action="store_true", help="no progress bars")
     combine_p.set_defaults(func=cmd_combine)
