@@ -184,6 +184,8 @@ BAKE_CASES = [
               "question file q.csv must end in .txt (one per line) or .jsonl (a 'question' field)"),
     # --questions auto and multi-turn settings
     pytest.param({}, ["--prompt", "x", "--turns", "0"], "sample.turns must be >= 1 (got 0)", id="--turns 0"),
+    pytest.param({}, ["--prompt", "x", "--turns", "3", "--turn-prompt", "middle"],
+                 "sample.turn_prompt must be repeated or start (got 'middle')", id="--turn-prompt middle"),
     pytest.param({}, ["--prompt", "x", "--question-model", "nowhere.gguf"],
                  "model file nowhere.gguf does not exist", id="--question-model not found"),
     pytest.param({}, ["--prompt", "x", "--question-model", "nowhere-folder/"],

@@ -88,9 +88,19 @@ def test_multi_turn_bake_trains_every_assistant_turn_without_the_prompt(tiny_mod
     for t in later:   # the dialogue so far, with and without the system prompt, on the two sides
         assert len(t.student_prompt_ids) > len(prompt_ids(tokenizer, [{"role": "user", "content": t.question}], None))
         assert tokenizer.decode(t.teacher_prompt_ids).count("<|im_start|>assistant") >= 2
-        assert PERSONA in tokenizer.decode(t.teacher_prompt_ids)
         assert PERSONA not in tokenizer.decode(t.student_prompt_ids)
+        # the teacher sees the prompt at the start and again opening the user's latest message (turn_prompt
+        # "repeated"), which the student's copy of the dialogue has without it
+        teacher = tokenizer.decode(t.teacher_prompt_ids)
+        latest = teacher.rsplit("<|im_start|>user\n", 1)[1]
+        assert teacher.count(PERSONA) == 2 and latest.startswith(PERSONA + "\n\n")
+        assert latest[len(PERSONA) + 2:].split("<|im_end|>")[0] in tokenizer.decode(t.student_prompt_ids)
     assert json.loads((out / "bake.json").read_text())["metrics"]["train_trajectories"] == len(train)
+    start = tmp_path / "start"
+    assert _bake(tiny_model_dir, start, PERSONA, "--turns", "3", "--questions", "builtin", "--turn-prompt",
+                 "start") == 0
+    later = [t for t in read_trajectories(start / "trajectories.jsonl") if t.split == "train" and t.sample_index >= 8]
+    assert later and all(tokenizer.decode(t.teacher_prompt_ids).count(PERSONA) == 1 for t in later)
 
 
 def test_sequential_bake_carries_the_first_prompt_into_the_teacher(tiny_model_dir, tiny_bake_dir, tmp_path):

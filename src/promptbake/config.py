@@ -83,6 +83,10 @@ class SampleConfig:
     turns: int = _help("assistant turns per training dialogue: 1 = single answers; N > 1 continues every training "
                        "question with a simulated user for N teacher answers, each trained on (held-out stays "
                        "single-turn)", 1)
+    turn_prompt: str = _help("with --turns: where the teacher of turns 2..N sees the system prompt: 'repeated' (at the "
+                             "start and again before the user's latest message, so it keeps the prompt deep in a "
+                             "dialogue) or 'start' (only at the start, where it recedes as the dialogue grows)",
+                             "repeated")
     sampling_temperature: float = _help("teacher sampling temperature (0 = greedy)", 1.0)
     top_p: float = _help("nucleus sampling threshold (1.0 = full distribution)", 0.9)
     max_new_tokens: int = _help("longest trajectory, in tokens (end-of-turn token included)", 48)
@@ -119,6 +123,8 @@ class SampleConfig:
                        "answered by the prompted teacher; drop --turns or --general-teacher")
         if self.sampler not in ("hf", "vllm"):
             out.append(f"sample.sampler must be hf or vllm (got {self.sampler!r})")
+        if self.turn_prompt not in ("repeated", "start"):
+            out.append(f"sample.turn_prompt must be repeated or start (got {show(self.turn_prompt)})")
         return out
 
 

@@ -5,6 +5,12 @@ turns. Here each training question's first answer (an ordinary trajectory) is fo
 simulator (the base model, no adapter, told to play a user) and the teacher's next answer, for N assistant turns.
 Every assistant turn is a trajectory: the teacher's prompt is the system prompt plus the dialogue so far, the
 student's is the same dialogue without it, so the student learns the later turns too.
+
+The prompted teacher forgets too: deep in a dialogue its system prompt recedes, and a student of that teacher learns
+the fading (measured: docs/prompt-content.md, "Drift"). So by default (`turn_prompt` "repeated") the teacher of
+turns 2..N also sees the system prompt again at the start of the user's latest message, separated by a blank line
+(as prompts.conversation folds a system prompt for templates without a system role); the dialogue itself, which
+later turns and the student see, keeps the user's message as it was.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from tqdm.auto import tqdm
 from .config import SampleConfig
 from .data import Trajectory
 from .logits import adapter_disabled
-from .prompts import prompt_ids, stop_token_ids
+from .prompts import FOLD_SEPARATOR, prompt_ids, stop_token_ids
 from .sampling import batches_of, generate_batch, generation_config, sample_trajectories, stream_seed
 
 USER_PROMPT = ("Play the user in this chat. You asked the assistant: \"{question}\". Reply to its last message the "
@@ -48,6 +54,13 @@ def user_replies(model, tokenizer, views: list[list[dict]], cfg: SampleConfig, s
     return replies
 
 
+def reminded(dialogue: list[dict], system_prompt: str) -> list[dict]:
+    """The dialogue with the system prompt again at the start of its last user message (the teacher's view)."""
+    last = max(i for i, m in enumerate(dialogue) if m["role"] == "user")
+    return [{**m, "content": system_prompt + FOLD_SEPARATOR + m["content"]} if i == last else m
+            for i, m in enumerate(dialogue)]
+
+
 def continue_dialogues(model, tokenizer, first: list[Trajectory], system_prompt: str, cfg: SampleConfig, seed: int,
                        turns: int, progress: bool = True) -> list[Trajectory]:
     """Assistant turns 2..`turns` of the dialogues that `first` (turn-1 trajectories) open.
@@ -65,7 +78,8 @@ def continue_dialogues(model, tokenizer, first: list[Trajectory], system_prompt:
         for dialogue, message in zip(dialogues, user_replies(model, tokenizer, views, cfg, seeds)):
             dialogue.append({"role": "user", "content": message})
         jobs = [{"question": t.question, "split": t.split, "sample_index": turn * len(first) + row,
-                 "teacher_prompt_ids": prompt_ids(tokenizer, d, system_prompt),
+                 "teacher_prompt_ids": prompt_ids(tokenizer, reminded(d, system_prompt) if cfg.turn_prompt == "repeated"
+                                                  else d, system_prompt),
                  "student_prompt_ids": prompt_ids(tokenizer, d, None)} for row, (t, d) in enumerate(zip(first, dialogues))]
         sampled, _ = sample_trajectories(model, tokenizer, jobs, cfg, seed, progress=False)
         for dialogue, trajectory in zip(dialogues, sampled):
