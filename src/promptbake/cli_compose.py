@@ -125,7 +125,8 @@ def add_compose_parsers(verbs, prompt_verb) -> None:
         "Combine several finished bakes of one base model into a new run folder that carries every prompt. By "
         "default the first bake is kept and a new adapter is baked on top of it, whose teacher is the base model "
         "with all the prompts in the order given, on the runs' own questions (as `bake --on FIRST` does); both "
-        "are saved as one adapter of the base. --from-sum starts that bake at the exact sum ΔW = Σ wᵢ·ΔWᵢ of the "
+        "are saved as one adapter of the base; give first the bake whose prompt is hardest to keep (a persona before "
+        "a fact). --from-sum starts that bake at the exact sum ΔW = Σ wᵢ·ΔWᵢ of the "
         "adapters (peft 'cat') instead; --exact writes the sum alone."))
     combine_p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders of finished bakes (two or more)")
     combine_p.add_argument("--weights", default=None, metavar="W1,W2,...",
