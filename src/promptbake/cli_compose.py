@@ -73,8 +73,8 @@ def cmd_strength(args: argparse.Namespace) -> int:
 def cmd_combine(args: argparse.Namespace) -> int:
     from .combine import combine_runs, parse_weights
 
-    out = combine_runs(args.dirs, args.out, parse_weights(args.weights, len(args.dirs)) if args.weights else None,
-                       args.overwrite, exact=args.exact, progress=not args.quiet, from_sum=args.from_sum)
+    out = combine_runs(args.dirs, args.out, parse_weights(args.weights, len(args.dirs)), args.overwrite,
+                       exact=args.exact, progress=not args.quiet, from_sum=args.from_sum)
     how = ("the exact sum" if args.exact else "the sum, distilled toward the base model with every prompt"
            if args.from_sum else "the first bake and a new adapter baked on it toward the base model with every prompt")
     print(f"combined adapter ({how}) written to {out / 'adapter'}; try `promptbake generate {out} --question ...` or "

@@ -155,7 +155,8 @@ def combine_runs(run_dirs: list[str | Path], out: str | Path, weights: list[floa
         questions = combined_questions([run_questions(run, r) for run, r in zip(runs, records)],
                                        config.sample.train_questions)
     if not (exact or from_sum):
-        return _bake_on_first(out, overwrite, runs, records, config, combined_from, questions, progress)
+        return _bake_on_first(out, overwrite, runs, records, config, system_prompt, combined_from, questions,
+                              progress)
     model, source = summed_adapter(config, runs, weights)
     if exact:
         _write_exact(out, overwrite, model, source, config, system_prompt, combined_from)
@@ -198,13 +199,12 @@ def _begin(out: Path, overwrite: bool, how: str, source: dict, config: BakeConfi
 
 
 def _bake_on_first(out: Path, overwrite: bool, runs: list[Path], records: list[dict], config: BakeConfig,
-                   combined_from: list[dict], questions: list[dict], progress: bool) -> Path:
+                   system_prompt: str, combined_from: list[dict], questions: list[dict], progress: bool) -> Path:
     """Bake the other runs' prompts `--on` the first run, carrying its prompt (the teacher is the base model with
     every prompt, the student the first bake merged), on out/questions.jsonl; then save the first adapter and the
     new one as one adapter of the base (_fold_first), so the folder is an ordinary bake of the runs' base."""
     from .bake import bake
 
-    system_prompt = PROMPT_SEPARATOR.join(r["system_prompt"] for r in records)
     baking = override(config, {"model.on": str(runs[0].resolve()), "model.carry_prompts": True,
                                "train.start_adapter": "", "train.on_policy": 0.0,
                                "sample.general_teacher": "prompted",
@@ -219,11 +219,12 @@ def _bake_on_first(out: Path, overwrite: bool, runs: list[Path], records: list[d
          progress=progress)
     _write_questions(out, questions)   # the bake read them as a file: keep the origins
     _fold_first(out, runs[0], config)
-    final = override(baking, {"model.on": config.model.on, "model.carry_prompts": config.model.carry_prompts})
-    save_config(runfolder.absolute_paths(final), out / runfolder.CONFIG_YAML)
+    final = runfolder.absolute_paths(override(baking, {"model.on": config.model.on,
+                                                       "model.carry_prompts": config.model.carry_prompts}))
+    save_config(final, out / runfolder.CONFIG_YAML)
     runfolder.atomic_write_text(out / runfolder.SYSTEM_PROMPT, system_prompt)
     runfolder.update_status(out, kind="combined", combine="on-first", combined_from=combined_from,
-                            system_prompt=system_prompt, config=runfolder.absolute_paths(final).to_dict())
+                            system_prompt=system_prompt, config=final.to_dict())
     return out
 
 
